@@ -1,0 +1,1 @@
+"""Rebuild the paper's tables and figures from the results database."""

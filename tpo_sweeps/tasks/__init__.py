@@ -1,0 +1,25 @@
+"""Task registry: task name -> builder of the compiled training ``Program``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tpo_sweeps import config as C
+from tpo_sweeps.tasks import tabular
+from tpo_sweeps.train import Program
+
+TASKS: dict[str, Callable[[C.Config], Program]] = {
+    "tabular_single": tabular.single_context,
+    "tabular_multi": tabular.multi_context,
+}
+
+
+def build(cfg: C.Config) -> Program:
+    """The training program of ``cfg``'s task and algorithm."""
+    try:
+        builder = TASKS[cfg.task.name]
+    except KeyError:
+        raise C.ConfigError(
+            f"unknown task '{cfg.task.name}' (known: {', '.join(sorted(TASKS))})"
+        ) from None
+    return builder(cfg)
