@@ -208,6 +208,7 @@ class Config:
     name: str = "default"  # sweep id: the experiment preset's name; analysis selects on it
     seed: int = 0  # base seed; this job runs seeds seed .. seed + num_seeds - 1
     num_seeds: int = 1  # seeds run by one job, in one compiled program
+    x64: bool = False  # compute in float64 (jax_enable_x64); the authors' code is float32
     log_every: int = 1  # store per-step metrics every n steps (the last step is always kept)
     skip_completed: bool = True  # skip a job whose config hash already completed in db.url
 

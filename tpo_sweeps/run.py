@@ -62,9 +62,10 @@ def _overrides() -> list[str]:
         return []
 
 
-def _configure_jax(hw: C.HardwareConfig) -> None:
+def _configure_jax(hw: C.HardwareConfig, x64: bool) -> None:
     import jax
 
+    jax.config.update("jax_enable_x64", x64)
     if hw.platform:
         jax.config.update("jax_platforms", hw.platform)
     if hw.compilation_cache:
@@ -83,7 +84,7 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
         if cfg.skip_completed and found is not None and found[1] == db.COMPLETED:
             log.info("skip: run %d (%s) is already completed in %s", found[0], chash[:12], cfg.db.url)
             return {"status": "skipped", "run_id": found[0]}
-        _configure_jax(cfg.hardware)
+        _configure_jax(cfg.hardware, cfg.x64)
         prov = provenance()
         run_id = db.start_run(
             engine,

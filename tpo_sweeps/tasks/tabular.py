@@ -109,7 +109,9 @@ def multi_context(cfg: C.Config) -> Program:
             error = 1.0 - jnp.mean(jax.nn.softmax(logits, axis=-1)[:, CORRECT])
             return (logits, opt_state), {
                 "error": error,
-                "misalignment": L.cosine_misalignment(-grads, labels - pi),
+                # ×N undoes the trainer's mean over rows: the code sums per-context updates,
+                # and the 1e-12 guard of the cosine is not scale-free
+                "misalignment": L.cosine_misalignment(-N * grads, labels - pi),
             }
 
         _, out = jax.lax.scan(step, (params, opt_state), None, length=task.steps)
