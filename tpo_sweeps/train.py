@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +24,23 @@ Array = jax.Array
 
 @dataclass(frozen=True)
 class Program:
-    train: Callable[[Array], dict[str, Array]]  # key -> {metric: [T]}
+    """A task's training run for one seed, as ``init`` and a scanned ``step``.
+
+    ``step(carry, t)`` advances from logged point ``t`` to ``t + 1`` (one training step, or
+    a block of them for tasks that evaluate every n steps) and returns the metrics of that
+    point. Splitting the run this way lets ``run`` execute it in chunks (for checkpoints and
+    progress) while the whole chunk stays one compiled ``lax.scan``.
+    """
+
+    init: Callable[[Array], Any]  # key -> carry (params, optimiser state, key, ...)
+    step: Callable[[Any, Array], tuple[Any, dict[str, Array]]]  # (carry, t) -> carry, metrics
+    num_points: int  # T, logged points per run
     steps: dict[str, np.ndarray]  # metric -> true training step of each of its T points
+
+    def train(self, key: Array) -> dict[str, Array]:
+        """The whole run for one seed: ``{metric: [T]}`` (pure; jit/vmap it)."""
+        _, out = jax.lax.scan(self.step, self.init(key), jnp.arange(self.num_points))
+        return out
 
 
 @dataclass
@@ -78,23 +94,60 @@ def fit_batch(algo: A.Algorithm, hp, params, opt_state, opt, logp_of, batch: A.B
     return update_epochs(params, opt_state, loss_fn, opt, hp.epochs)
 
 
-def run(program: Program, seeds: np.ndarray, log_every: int = 1) -> Result:
-    """Compile and run ``program`` for all ``seeds`` at once; subsample every ``log_every``."""
+def run(
+    program: Program,
+    seeds: np.ndarray,
+    log_every: int = 1,
+    chunk: int | None = None,
+    on_chunk: Callable[[int, Any], None] | None = None,
+    start: tuple[int, Any] | None = None,
+) -> Result:
+    """Run ``program`` for all ``seeds`` in one compiled program; subsample every ``log_every``.
+
+    With ``chunk``, the scan runs ``chunk`` points at a time (one compilation per distinct
+    chunk length) and ``on_chunk(points_done, state)`` is called between chunks with the
+    host-side state ``(carry, metrics so far)``: the hook for checkpoints and progress.
+    ``start = (points_done, state)`` resumes from such a state.
+    """
+    seeds = np.asarray(seeds)
     keys = seed_keys(seeds)
-    fn = jax.jit(jax.vmap(program.train))
+    T = program.num_points
+    chunk = T if not chunk or chunk >= T else chunk
+
+    def segment(carry, ts):
+        return jax.lax.scan(jax.vmap(program.step, in_axes=(0, None)), carry, ts)
+
+    seg = jax.jit(segment)
     t0 = time.perf_counter()
-    compiled = fn.lower(keys).compile()
-    t1 = time.perf_counter()
-    out = jax.block_until_ready(compiled(keys))
-    t2 = time.perf_counter()
+    init = jax.jit(jax.vmap(program.init))
+    if start is None:
+        done, carry, parts = 0, init(keys), []
+    else:
+        done, (carry, parts) = start
+        parts = list(parts)
+    compile_s, compiled = 0.0, {}
+    while done < T:
+        n = min(chunk, T - done)
+        if n not in compiled:
+            c0 = time.perf_counter()
+            compiled[n] = seg.lower(carry, jnp.arange(done, done + n)).compile()
+            compile_s += time.perf_counter() - c0
+        carry, out = compiled[n](carry, jnp.arange(done, done + n))
+        parts.append(jax.tree_util.tree_map(np.asarray, out))
+        done += n
+        if on_chunk is not None and done < T:
+            on_chunk(done, (carry, parts))
+    jax.block_until_ready(carry)
+    run_s = time.perf_counter() - t0 - compile_s
+    # scan stacks points first: [T, S] -> [S, T]
+    full = {k: np.concatenate([p[k] for p in parts], axis=0).T for k in parts[0]}
     metrics, steps = {}, {}
-    for name, values in out.items():
-        values = np.asarray(values)
+    for name, values in full.items():
         idx = _logged_indices(values.shape[1], log_every)
         metrics[name] = values[:, idx]
         steps[name] = np.asarray(program.steps[name])[idx]
-    summary = {f"final_{name}": np.asarray(v)[:, -1] for name, v in out.items()}
-    return Result(np.asarray(seeds), metrics, steps, summary, t1 - t0, t2 - t1)
+    summary = {f"final_{name}": v[:, -1] for name, v in full.items()}
+    return Result(seeds, metrics, steps, summary, compile_s, run_s)
 
 
 def _logged_indices(n: int, every: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 from tpo_sweeps import algorithms as A
 from tpo_sweeps import config as C
 from tpo_sweeps import losses as L
-from tpo_sweeps import optim
+from tpo_sweeps import optim, sampling
 from tpo_sweeps.train import Program, fit_batch
 
 CORRECT = 0  # y*: the correct action, index 0 without loss of generality
@@ -50,29 +50,26 @@ def single_context(cfg: C.Config) -> Program:
             return lambda l: jax.nn.log_softmax(l)[None, :], scores[None, :]
         return lambda l: jax.nn.log_softmax(l)[None, :], onehot_y[None, :]
 
-    def train(key):
+    def init(key):
         params = jnp.zeros(K)
-        opt_state = opt.init(params)
+        return params, opt.init(params), key
 
-        def step(carry, t):
-            logits, opt_state = carry
-            pi = jax.nn.softmax(logits)
-            error = 1.0 - pi[CORRECT]
-            oracle = pi[CORRECT] * (onehot_y - pi)
-            actions = jax.random.categorical(jax.random.fold_in(key, t), logits, shape=(B,))
-            logp_of, scores = layout(logits, actions)
-            batch = A.make_batch(logp_of(logits), scores)
-            logits, opt_state, grads = fit_batch(algo, hp, logits, opt_state, opt, logp_of, batch)
-            return (logits, opt_state), {
-                "error": error,
-                "misalignment": L.cosine_misalignment(-grads, oracle),
-            }
-
-        _, out = jax.lax.scan(step, (params, opt_state), jnp.arange(task.steps))
-        return out
+    def step(carry, t):
+        logits, opt_state, key = carry
+        pi = jax.nn.softmax(logits)
+        error = 1.0 - pi[CORRECT]
+        oracle = pi[CORRECT] * (onehot_y - pi)
+        actions = sampling.categorical(jax.random.fold_in(key, t), logits, (B,))
+        logp_of, scores = layout(logits, actions)
+        batch = A.make_batch(logp_of(logits), scores)
+        logits, opt_state, grads = fit_batch(algo, hp, logits, opt_state, opt, logp_of, batch)
+        return (logits, opt_state, key), {
+            "error": error,
+            "misalignment": L.cosine_misalignment(-grads, oracle),
+        }
 
     steps = np.arange(task.steps)
-    return Program(train, {"error": steps, "misalignment": steps})
+    return Program(init, step, task.steps, {"error": steps, "misalignment": steps})
 
 
 def multi_context(cfg: C.Config) -> Program:
@@ -96,29 +93,26 @@ def multi_context(cfg: C.Config) -> Program:
     def logp_of(logits):
         return jax.nn.log_softmax(logits, axis=-1)
 
-    def train(key):
+    def init(key):
         params = task.init_std * jax.random.normal(key, (N, K))
-        opt_state = opt.init(params)
+        return params, opt.init(params)
 
-        def step(carry, _):
-            logits, opt_state = carry
-            pi = jax.nn.softmax(logits, axis=-1)
-            exact = algo.family in ("single", "group")
-            batch = A.make_batch(logp_of(logits), labels, weight=pi if exact else None)
-            logits, opt_state, grads = fit_batch(algo, hp, logits, opt_state, opt, logp_of, batch)
-            error = 1.0 - jnp.mean(jax.nn.softmax(logits, axis=-1)[:, CORRECT])
-            return (logits, opt_state), {
-                "error": error,
-                # ×N undoes the trainer's mean over rows: the code sums per-context updates,
-                # and the 1e-12 guard of the cosine is not scale-free
-                "misalignment": L.cosine_misalignment(-N * grads, labels - pi),
-            }
-
-        _, out = jax.lax.scan(step, (params, opt_state), None, length=task.steps)
-        return out
+    def step(carry, t):
+        logits, opt_state = carry
+        pi = jax.nn.softmax(logits, axis=-1)
+        exact = algo.family in ("single", "group")
+        batch = A.make_batch(logp_of(logits), labels, weight=pi if exact else None)
+        logits, opt_state, grads = fit_batch(algo, hp, logits, opt_state, opt, logp_of, batch)
+        error = 1.0 - jnp.mean(jax.nn.softmax(logits, axis=-1)[:, CORRECT])
+        return (logits, opt_state), {
+            "error": error,
+            # ×N undoes the trainer's mean over rows: the code sums per-context updates,
+            # and the 1e-12 guard of the cosine is not scale-free
+            "misalignment": L.cosine_misalignment(-N * grads, labels - pi),
+        }
 
     steps = np.arange(task.steps)
-    return Program(train, {"error": steps + 1, "misalignment": steps})
+    return Program(init, step, task.steps, {"error": steps + 1, "misalignment": steps})
 
 
 def update_coefficient(hp: C.AlgorithmConfig, p: float, num_actions: int = 10) -> float:
