@@ -44,6 +44,9 @@ class Algorithm:
     schema: type
     signal: Callable[[Batch, Any], Array]
     loss: Callable[[Array, Batch, Array, Any], Array]
+    # per-candidate weight the update puts on each candidate (diagnostics, §4.1): q for
+    # target methods, |A| for scalar-weighted ones, |σ(A·ℓ_s/η)·A| for DG
+    candidate_weight: Callable[[Batch, Array, Any], Array] = lambda batch, signal, hp: jnp.abs(signal)
 
 
 def _single_adv(batch: Batch, hp) -> Array:
@@ -120,6 +123,10 @@ def _dg(logp, batch, adv, hp: C.DGConfig):
     return L.dg_loss(logp, adv, batch.weight, eta=hp.eta, surprisal_clip=hp.surprisal_clip)
 
 
+def _dg_weight(batch: Batch, adv: Array, hp: C.DGConfig) -> Array:
+    return jnp.abs(jax.nn.sigmoid(adv * -batch.logp_old / hp.eta) * adv)
+
+
 def _target_ce(logp, batch, q, hp):
     return L.target_cross_entropy(logp, q)
 
@@ -128,20 +135,26 @@ def _labels(batch: Batch, hp) -> Array:
     return batch.scores
 
 
-_TPO = Algorithm("target", C.TPOConfig, _tpo_signal, _target_ce)
+_TPO = Algorithm("target", C.TPOConfig, _tpo_signal, _target_ce, lambda b, q, hp: q)
 _GRPO = Algorithm("group", C.GRPOConfig, _group_adv, _grpo_loss)
+_DG = Algorithm("single", C.DGConfig, _single_adv, _dg, _dg_weight)
 
 ALGORITHMS: dict[str, Algorithm] = {
     "tpo": _TPO,
     "tpo_no_anchor": _TPO,
+    "tpo_token": _TPO,
+    "tpo_1ep": _TPO,
     "grpo": _GRPO,
     "grpo_no_kl": _GRPO,
     "grpo_masked": _GRPO,
+    "grpo_token": _GRPO,
+    "grpo_token_no_kl": _GRPO,
     "group_pg": Algorithm("group", C.GroupPGConfig, _group_pg_signal, _reinforce),
     "ppo": Algorithm("single", C.PPOConfig, _single_adv, _ppo),
     "pg": Algorithm("single", C.PGConfig, _single_adv, _reinforce),
     "reinforce": Algorithm("single", C.PGConfig, _single_adv, _reinforce),
-    "dg": Algorithm("single", C.DGConfig, _single_adv, _dg),
+    "dg": _DG,
+    "dg_4ep": _DG,
     "batch_std_pg": Algorithm("single", C.BatchStdPGConfig, _batch_std_signal, _reinforce),
     "ce": Algorithm("supervised", C.CEConfig, _labels, _target_ce),
 }

@@ -36,6 +36,7 @@ class AlgorithmConfig:
 class TPOConfig(AlgorithmConfig):
     eta: float = 1.0  # η, target temperature, Eq. 2 (code: tpo_eta)
     anchor: bool = True  # keep p_old in q ∝ p_old·exp(u/η); False = "TPO no-anchor" (§3.7)
+    level: str = "sequence"  # sequence: K full rollouts | token: K next-token candidates
     std_threshold: float = 1e-6  # σ ≤ this → u = centred scores (App. A; code tpo_skill)
 
 
@@ -59,6 +60,7 @@ class GRPOConfig(ClippedConfig):
     std_eps: float = 1e-8  # ε of the group z-score A = (s - mean)/(std + ε)
     std_eps_mode: str = "add"  # add: std + ε (code default) | sqrt: sqrt(var + ε) (tabular code)
     mask_zero_variance: bool = False  # "GRPO (zv-masked)": drop zero-variance groups (§4.2)
+    level: str = "sequence"  # sequence: K full rollouts | token: K next-token candidates
     std_threshold: float = 1e-6  # σ ≤ this marks a zero-variance group for the mask
 
 
@@ -128,6 +130,34 @@ class TabularMultiConfig(TaskConfig):
     grpo_std_eps_mode: str = "sqrt"
 
 
+@dataclass
+class TransformerConfig:
+    """The authors' causal transformer (protocols §2.2)."""
+
+    d_model: int = 64
+    num_heads: int = 2  # the authors' code uses 2; the paper text says 4 (D1)
+    num_layers: int = 2
+    ffn_mult: int = 4  # FFN width = ffn_mult · d_model
+
+
+@dataclass
+class ReversalConfig(TaskConfig):
+    """Token reversal with a causal transformer (paper §3.4–3.7, §4; protocols §3)."""
+
+    name: str = "reversal"
+    steps: int = 1000  # episodes
+    H: int = 10  # sequence length (prompt = answer = H tokens)
+    V: int = 2  # vocabulary size
+    B: int = 100  # prompts per episode
+    K: int = 8  # group size: full rollouts (sequence level) or token candidates (token level)
+    target: str = "reverse_copy"  # copy | flip | reverse_copy | reverse_flip
+    reward: str = "bag_of_tokens"  # bag_of_tokens | sequential | terminal
+    match: str = "prompts"  # prompts | interactions: single-sample methods get B·K, lr·√K (§5)
+    diagnostics: bool = False  # log §4 diagnostics (grad norm, success/zero-var, weights)
+    std_threshold: float = 1e-6  # σ ≤ this counts a group as zero-variance (diagnostics)
+    model: TransformerConfig = field(default_factory=TransformerConfig)
+
+
 # --------------------------------------------------------------------------------------------
 # optimizer/
 # --------------------------------------------------------------------------------------------
@@ -184,17 +214,40 @@ class HardwareConfig:
     name: str = "cpu"
     platform: str = "cpu"  # JAX platform: cpu | gpu | "" (JAX's own choice)
     compilation_cache: str = ""  # directory for JAX's persistent compilation cache; "" = off
+    # SLURM site settings, read by hardware=slurm_gpu; set them on the command line or in the
+    # untracked conf/local/default.yaml, never in a committed file
+    partition: str | None = None  # sbatch --partition
+    account: str | None = None  # sbatch --account
+    qos: str | None = None  # sbatch --qos
 
 
 @dataclass
 class DBConfig:
     url: str = "sqlite:///results/tpo.sqlite"  # any SQLAlchemy URL (sqlite, postgresql+psycopg)
     busy_timeout_s: float = 30.0  # SQLite: wait this long for a lock before failing
+    heartbeat_s: float = 60.0  # a running job refreshes runs.heartbeat_at this often (s)
+    stage: bool = False  # write results.sqlite in each job's output dir, merge into url at end
 
 
 @dataclass
 class DebugConfig:
     fail: bool = False  # raise inside the job after setup (exercises failure recording)
+    fail_algorithms: list[str] = field(default_factory=list)  # as fail, for these algorithm names
+    crash_at: int = 0  # raise once this many points are done (checkpoint/resume tests); 0 = off
+    pause_in_write_s: float = 0.0  # sleep inside the final write transaction (SIGKILL tests)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # save the run's training state every n logged points; 0 = off
+    dir: str = "results/checkpoints"  # <dir>/<config hash>/; on a cluster: a shared filesystem
+    keep: bool = False  # keep the checkpoint after the run completed
+
+
+@dataclass
+class ProgressConfig:
+    every: int = 0  # a run reports progress every n points (scan runs in chunks); 0 = off
+    sweep_every_s: float = 30.0  # a multirun logs its cells' pending/running/done/failed counts
 
 
 @dataclass
@@ -205,6 +258,8 @@ class Config:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     db: DBConfig = field(default_factory=DBConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
     name: str = "default"  # sweep id: the experiment preset's name; analysis selects on it
     seed: int = 0  # base seed; this job runs seeds seed .. seed + num_seeds - 1
     num_seeds: int = 1  # seeds run by one job, in one compiled program
@@ -230,7 +285,11 @@ GROUPS: dict[str, tuple[type, dict[str, type]]] = {
     ),
     "task": (
         TaskConfig,
-        {"tabular_single": TabularSingleConfig, "tabular_multi": TabularMultiConfig},
+        {
+            "tabular_single": TabularSingleConfig,
+            "tabular_multi": TabularMultiConfig,
+            "reversal": ReversalConfig,
+        },
     ),
     "optimizer": (
         OptimizerConfig,
@@ -269,7 +328,8 @@ def _check_keys(node: DictConfig, schema: type, path: str) -> None:
 
 def to_config(cfg: DictConfig) -> Config:
     """Convert a composed config to the typed ``Config``, rejecting undeclared keys."""
-    for key in ("algorithm", "task", "optimizer", "hardware", "db", "debug"):
+    groups = ("algorithm", "task", "optimizer", "hardware", "db", "debug", "checkpoint", "progress")
+    for key in groups:
         if key not in cfg:
             raise ConfigError(f"config has no '{key}' group")
         node = cfg._get_node(key)
@@ -303,6 +363,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"algorithm.epochs must be >= 1, got {cfg.algorithm.epochs}")
     if cfg.task.steps < 1:
         raise ConfigError(f"task.steps must be >= 1, got {cfg.task.steps}")
+    for key, value in (
+        ("checkpoint.every", cfg.checkpoint.every),
+        ("progress.every", cfg.progress.every),
+    ):
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = off), got {value}")
     baseline = getattr(cfg.algorithm, "baseline", None)
     if baseline is not None and baseline not in ("constant", "batch_mean", "expected", "none"):
         raise ConfigError(

@@ -18,3 +18,16 @@ def categorical(key: Array, logits: Array, shape: tuple[int, ...]) -> Array:
     cdf = jnp.cumsum(jax.nn.softmax(logits))
     u = jax.random.uniform(key, shape, dtype=cdf.dtype) * cdf[-1]
     return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), logits.shape[-1] - 1)
+
+
+def categorical_rows(key: Array, logp: Array, num: int | None = None) -> Array:
+    """One sample per row of ``logp [..., V]`` (or ``num`` per row, trailing axis), by
+    inverse CDF. ``logp`` must be normalised log-probabilities."""
+    cdf = jnp.cumsum(jnp.exp(logp), axis=-1)  # [..., V]
+    shape = logp.shape[:-1] + ((num,) if num is not None else ())
+    u = jax.random.uniform(key, shape, dtype=cdf.dtype) * cdf[..., -1:].reshape(
+        logp.shape[:-1] + ((1,) if num is not None else ())
+    )
+    c = cdf[..., None, :] if num is not None else cdf
+    idx = jnp.sum(u[..., None] >= c, axis=-1)
+    return jnp.minimum(idx, logp.shape[-1] - 1)

@@ -68,23 +68,26 @@ def update_epochs(
 ):
     """``epochs`` optimiser steps on one frozen batch; returns the first epoch's gradient.
 
-    The first epoch runs outside the scan so its gradient (the one diagnostics and
-    misalignment refer to: before any update on this batch) is returned without stacking
-    all epochs' gradients.
+    All epochs share one compiled body; the first epoch's gradient (the one diagnostics and
+    misalignment refer to: before any update on this batch) is kept in the carry rather than
+    stacking every epoch's gradient.
     """
 
-    def one(carry):
-        p, s = carry
+    def one(carry, i):
+        p, s, first = carry
         grads = jax.grad(loss_fn)(p)
         updates, s = opt.update(grads, s, p)
-        return (optax.apply_updates(p, updates), s), grads
+        first = jax.tree_util.tree_map(lambda f, g: jnp.where(i == 0, g, f), first, grads)
+        return (optax.apply_updates(p, updates), s, first), None
 
-    (params, opt_state), first_grads = one((params, opt_state))
-    if epochs > 1:
-        (params, opt_state), _ = jax.lax.scan(
-            lambda c, _: (one(c)[0], None), (params, opt_state), None, length=epochs - 1
-        )
-    return params, opt_state, first_grads
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    if epochs == 1:  # no scan: keeps the common single-step case free of loop overhead
+        (params, opt_state, first), _ = one((params, opt_state, zeros), 0)
+        return params, opt_state, first
+    (params, opt_state, first), _ = jax.lax.scan(
+        one, (params, opt_state, zeros), jnp.arange(epochs)
+    )
+    return params, opt_state, first
 
 
 def fit_batch(algo: A.Algorithm, hp, params, opt_state, opt, logp_of, batch: A.Batch):

@@ -1,0 +1,83 @@
+"""Statistics over seeds.
+
+The paper's convention (protocols, "Conventions"): mean over seeds and standard error
+``s.e. = std(ddof=0) / sqrt(n_seeds)``, population std as the authors' code computes it.
+Non-finite results are stored as NULL and read as NaN; they are left out and ``n_seeds``
+counts only the seeds that contributed, so a diverged seed shows up as a smaller ``n_seeds``.
+
+Alongside, one honest-statistics helper in the rliable spirit: a percentile bootstrap 95%
+confidence interval of the mean over seeds (seeded, so tables are reproducible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def mean_se(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
+    """``(mean, s.e., n)`` over the finite values; ``s.e. = std(ddof=0)/sqrt(n)``.
+
+    ``n = 0`` gives ``(nan, nan, 0)``; ``n = 1`` gives s.e. 0 (the paper's formula).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    return float(x.mean()), float(x.std(ddof=0) / np.sqrt(n)), n
+
+
+def seed_stats(df: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.DataFrame:
+    """Mean, s.e. (ddof=0) and n_seeds of ``value`` over the rows of each ``by`` group.
+
+    Each row is one seed's value (tidy frames from ``analysis.load``). Vectorised, so it is
+    cheap for per-step curves (10k groups for Fig 4). Returns columns ``*by, mean, se,
+    n_seeds``.
+    """
+    g = df.groupby(list(by), observed=True, sort=True)[value]
+    mean = g.mean()
+    std = g.std(ddof=0)
+    n = g.count()
+    out = pd.DataFrame({"mean": mean, "se": std / np.sqrt(n.where(n > 0)), "n_seeds": n})
+    return out.reset_index()
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    level: float = 0.95,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over seeds (finite values only).
+
+    Resamples the seeds with replacement ``n_boot`` times with ``numpy.random.default_rng
+    (seed)`` and returns the ``(1-level)/2`` and ``(1+level)/2`` quantiles of the resampled
+    means. Fewer than two seeds give ``(nan, nan)``: there is nothing to resample.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    means = x[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def steps_to_threshold(
+    curve_mean: Sequence[float] | np.ndarray,
+    steps: Sequence[int] | np.ndarray,
+    thr: float,
+) -> int | None:
+    """First step at which the seed-mean curve is strictly below ``thr``; None if never."""
+    y = np.asarray(curve_mean, dtype=np.float64)
+    s = np.asarray(steps)
+    if y.shape != s.shape:
+        raise ValueError(f"curve has shape {y.shape} but steps {s.shape}")
+    order = np.argsort(s, kind="stable")
+    below = np.flatnonzero(y[order] < thr)
+    return None if below.size == 0 else int(s[order][below[0]])

@@ -1,0 +1,42 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smoke_db(tmp_path_factory, pytestconfig) -> str:
+    """URL of a results DB holding the fig3 and fig4 smoke sweeps, made by the real entry
+    point (``python -m tpo_sweeps -m experiment=...``). Treat it as read-only."""
+    from tpo_sweeps import db
+
+    tmp = tmp_path_factory.mktemp("smoke_db")
+    url = f"sqlite:///{tmp}/smoke.sqlite"
+    # the schema exists before the two sweeps below start writing in parallel
+    db.connect(url).dispose()
+    # JAX's persistent compilation cache in pytest's cache folder: reruns skip XLA compiles
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(pytestconfig.cache.mkdir("jax_compilation_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tpo_sweeps", "-m", f"experiment={exp}", f"db.url={url}"],
+            cwd=tmp,  # Hydra's multirun/ folder goes here
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for exp in ("fig3_tabular_single_smoke", "fig4_tabular_multi_smoke")
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out[-3000:]
+    return url

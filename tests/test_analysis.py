@@ -1,0 +1,325 @@
+"""The analysis package on a fixture database made by the real smoke sweeps (``smoke_db``)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import artifacts, load, stats, tables
+from analysis.__main__ import main
+from analysis.load import AnalysisError
+
+FIG3, FIG4 = "fig3_tabular_single_smoke", "fig4_tabular_multi_smoke"
+METHODS = {FIG3: ["tpo", "grpo", "dg", "pg"], FIG4: ["tpo", "grpo", "dg", "pg", "ce"]}
+# error checkpoints: round(steps/3), round(2 steps/3) of 20 steps; round(steps/4), steps/2 of 50
+CHECKPOINTS = {FIG3: (7, 13), FIG4: (12, 25)}
+FILES = ("png", "pdf", "md", "csv")
+
+
+def _path(url: str) -> str:
+    return url.removeprefix("sqlite:///")
+
+
+def _sql(url: str, query: str, params=()) -> list[tuple]:
+    with sqlite3.connect(_path(url)) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+@pytest.fixture(scope="module")
+def built(smoke_db, tmp_path_factory):
+    out = tmp_path_factory.mktemp("built")
+    engine = load.connect(smoke_db)
+    frames = {i: artifacts.build(i, engine, out) for i in (FIG3, FIG4, "appendix_b")}
+    engine.dispose()
+    return out, frames
+
+
+# --------------------------------------------------------------------------------------------
+# builders
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("artifact_id", [FIG3, FIG4, "appendix_b"])
+def test_builder_writes_figures_and_tables(built, artifact_id):
+    out, frames = built
+    for ext in FILES:
+        f = out / f"{artifact_id}.{ext}"
+        assert f.is_file() and f.stat().st_size > 0, f
+    assert (out / f"{artifact_id}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / f"{artifact_id}.pdf").read_bytes()[:5] == b"%PDF-"
+    with open(out / f"{artifact_id}.csv", newline="") as f:
+        assert next(csv.reader(f)) == tables.COLUMNS
+    df = frames[artifact_id]
+    assert list(df.columns) == tables.COLUMNS
+    assert sorted(df.attrs["files"]) == sorted(str(out / f"{artifact_id}.{e}") for e in FILES)
+    assert len(pd.read_csv(out / f"{artifact_id}.csv")) == len(df)
+
+
+@pytest.mark.parametrize("artifact_id", [FIG3, FIG4])
+def test_tabular_rows_and_seed_counts(built, artifact_id):
+    out, _ = built
+    df = pd.read_csv(out / f"{artifact_id}.csv")
+    a, b = CHECKPOINTS[artifact_id]
+    metrics = {
+        "final_error",
+        "final_misalignment",
+        f"error_at_step_{a}",
+        f"error_at_step_{b}",
+        "steps_to_1pct",
+    }
+    expected = {(m, k) for m in METHODS[artifact_id] for k in metrics}
+    assert set(zip(df["method"], df["metric"], strict=True)) == expected
+    assert len(df) == len(expected)
+    assert (df["artifact"] == artifact_id).all()
+    assert (df["n_seeds"] == 2).all()
+    with_se = df[df["metric"] != "steps_to_1pct"]
+    assert with_se["se"].notna().all() and (with_se["se"] >= 0).all()
+    steps = 20 if artifact_id == FIG3 else 50
+    assert df["setting"].str.endswith(f"steps={steps}").all()
+    md = (out / f"{artifact_id}.md").read_text()
+    assert "| method" in md and "paper" in md and "TPO" in md
+
+
+@pytest.mark.parametrize("artifact_id", [FIG3, FIG4])
+def test_means_and_se_equal_direct_sql(smoke_db, built, artifact_id):
+    out, _ = built
+    df = pd.read_csv(out / f"{artifact_id}.csv").set_index(["method", "metric"])
+    run = "SELECT id FROM runs WHERE sweep = ? AND algorithm = ? AND status = 'completed'"
+    for method in METHODS[artifact_id]:
+        for name in ("final_error", "final_misalignment"):
+            values = [
+                v
+                for (v,) in _sql(
+                    smoke_db,
+                    f"SELECT value FROM summaries WHERE name = ? AND run_id IN ({run})",
+                    (name, artifact_id, method),
+                )
+            ]
+            (mean,) = _sql(
+                smoke_db,
+                f"SELECT AVG(value) FROM summaries WHERE name = ? AND run_id IN ({run})",
+                (name, artifact_id, method),
+            )[0]
+            row = df.loc[(method, name)]
+            assert row["value"] == pytest.approx(mean, rel=1e-8, abs=1e-15)
+            se = np.std(values, ddof=0) / math.sqrt(len(values))
+            assert row["se"] == pytest.approx(se, rel=1e-6, abs=1e-15)
+        for step in CHECKPOINTS[artifact_id]:
+            (mean,) = _sql(
+                smoke_db,
+                "SELECT AVG(value) FROM metrics WHERE name = 'error' AND step = ? "
+                f"AND run_id IN ({run})",
+                (step, artifact_id, method),
+            )[0]
+            assert df.loc[(method, f"error_at_step_{step}"), "value"] == pytest.approx(
+                mean, rel=1e-8
+            )
+
+
+def test_appendix_b_coefficients(built):
+    out, _ = built
+    df = pd.read_csv(out / "appendix_b.csv")
+    beta = df[df["metric"] == "beta_coefficient"].set_index(["setting", "method"])["value"]
+    at = "one-hot multi-context bandit A=10 p=0.1"
+    expected = {"ce": 1.0, "dg": 0.0909, "grpo": 0.3333, "tpo": 0.7300, "pg": 0.1}
+    for method, value in expected.items():
+        assert beta[(at, method)] == pytest.approx(value, abs=1e-4)
+    closed = df[df["metric"] == "beta_closed_form"].set_index(["setting", "method"])["value"]
+    assert len(beta) == len(closed) == 5 * 5
+    np.testing.assert_allclose(beta.sort_index(), closed.sort_index(), atol=1e-5)
+    lam = df[df["metric"] == "lambda"]["value"].item()
+    assert lam == pytest.approx(math.exp(10 / 3))
+    assert df["se"].isna().all() and df["n_seeds"].isna().all()
+    md_rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in (out / "appendix_b.md").read_text().splitlines()
+        if line.startswith("|")
+    ]
+    tpo = next(r for r in md_rows if r[:2] == ["0.1", "TPO"])
+    assert tpo[2] == "0.7300" and tpo[-1] == "0.73"  # β, paper column
+
+
+# --------------------------------------------------------------------------------------------
+# loader
+# --------------------------------------------------------------------------------------------
+
+
+def test_loader_frames(smoke_db):
+    engine = load.connect(smoke_db)
+    m = load.metrics(engine, FIG3)
+    assert list(m.columns) == [
+        *["run_id", "sweep", "algorithm", "task", "seed", "step", "name", "value"],
+        *load.PROMOTED,
+    ]
+    assert len(m) == 4 * 2 * 20 * 2  # methods x seeds x steps x {error, misalignment}
+    assert set(m["seed"]) == {0, 1} and set(m["step"]) == set(range(20))
+    assert set(load.metrics(engine, FIG4, names=["error"])["name"]) == {"error"}
+    s = load.summaries(engine, FIG4)
+    assert len(s) == 5 * 2 * 2 and set(s["name"]) == {"final_error", "final_misalignment"}
+    assert load.metrics(engine, "no_such_sweep").empty
+    assert artifacts.available(engine) == [FIG3, FIG4, "appendix_b"]
+    engine.dispose()
+
+
+def test_dedup_keeps_latest_completed_run_per_seed(smoke_db, tmp_path, caplog):
+    url = f"sqlite:///{tmp_path}/dup.sqlite"
+    shutil.copy(_path(smoke_db), _path(url))
+    ((orig,),) = _sql(url, "SELECT id FROM runs WHERE sweep = ? AND algorithm = 'tpo'", (FIG3,))
+    finals = dict(
+        _sql(
+            url,
+            "SELECT seed, value FROM summaries WHERE run_id = ? AND name = 'final_error'",
+            (orig,),
+        )
+    )
+
+    def duplicate(tag, finished, status="completed", seed=None, num_seeds=None, shift=1.0):
+        with sqlite3.connect(_path(url)) as conn:
+            new = conn.execute(
+                "INSERT INTO runs (config_hash, sweep, algorithm, task, optimizer, seed, "
+                "num_seeds, steps, epochs, K, eta, H, V, match, overrides, config, status, "
+                "started_at, finished_at) SELECT ?, sweep, algorithm, task, optimizer, "
+                "COALESCE(?, seed), COALESCE(?, num_seeds), steps, epochs, K, eta, H, V, match, "
+                "overrides, config, ?, ?, ? FROM runs WHERE id = ?",
+                (tag, seed, num_seeds, status, finished, finished, orig),
+            ).lastrowid
+            for table in ("metrics", "summaries"):
+                cols = "seed, name, step" if table == "metrics" else "seed, name"
+                conn.execute(
+                    f"INSERT INTO {table} (run_id, {cols}, value) SELECT ?, {cols}, value + ? "
+                    f"FROM {table} WHERE run_id = ? AND seed BETWEEN ? AND ?",
+                    (new, shift, orig, seed or 0, (seed or 0) + (num_seeds or 2) - 1),
+                )
+
+    def final_tpo():
+        engine = load.connect(url)
+        df = artifacts.build(FIG3, engine, tmp_path / "out")
+        engine.dispose()
+        return df.set_index(["method", "metric"]).loc[("tpo", "final_error")]
+
+    # an older completed rerun of the same cell and a newer failed one: both ignored
+    duplicate("old", "2000-01-01 00:00:00")
+    duplicate("failed", "2999-01-01 00:00:00", status="failed", shift=5.0)
+    with caplog.at_level(logging.WARNING, logger="analysis"):
+        row = final_tpo()
+    assert row["n_seeds"] == 2
+    assert row["value"] == pytest.approx(np.mean(list(finals.values())), rel=1e-8)
+    assert any("dropped 2 (run, seed)" in r.getMessage() for r in caplog.records)
+
+    # a newer completed run of seed 1 only: replaces seed 1, seed 0 stays from the original
+    duplicate("new-seed-1", "2999-01-01 00:00:00", seed=1, num_seeds=1, shift=1.0)
+    row = final_tpo()
+    assert row["n_seeds"] == 2
+    assert row["value"] == pytest.approx((finals[0] + finals[1] + 1.0) / 2, rel=1e-8)
+
+
+def test_connect_rejects_what_is_not_a_results_db(tmp_path):
+    missing = f"sqlite:///{tmp_path}/nope/x.sqlite"
+    with pytest.raises(AnalysisError, match="nope/x.sqlite"):
+        load.connect(missing)
+    assert not (tmp_path / "nope").exists()
+    text_file = tmp_path / "notes.sqlite"
+    text_file.write_text("not a database\n" * 100)
+    with pytest.raises(AnalysisError, match="notes.sqlite") as e:
+        load.connect(f"sqlite:///{text_file}")
+    assert "\n" not in str(e.value)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE runs (id INTEGER)")
+    with pytest.raises(AnalysisError, match="not a tpo-sweeps results database"):
+        load.connect(f"sqlite:///{other}")
+    with pytest.raises(AnalysisError, match="not a database URL"):
+        load.connect("no url at all")
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+# --------------------------------------------------------------------------------------------
+
+
+def test_mean_se_is_population_std_over_sqrt_n():
+    mean, se, n = stats.mean_se([1.0, 2.0, 3.0, 4.0, float("nan")])
+    assert (mean, n) == (2.5, 4)
+    assert se == pytest.approx(math.sqrt(1.25) / 2)
+    assert stats.mean_se([3.0]) == (3.0, 0.0, 1)
+    assert math.isnan(stats.mean_se([])[0])
+    df = pd.DataFrame({"g": [0, 0, 0, 1, 1], "value": [1.0, 2.0, 6.0, 5.0, 5.0]})
+    out = stats.seed_stats(df, ["g"]).set_index("g")
+    assert out.loc[0, "se"] == pytest.approx(stats.mean_se([1, 2, 6])[1])
+    assert out.loc[1, "se"] == 0.0 and out["n_seeds"].tolist() == [3, 2]
+
+
+def test_bootstrap_and_threshold():
+    x = np.random.default_rng(1).normal(size=50)
+    lo, hi = stats.bootstrap_ci(x, seed=3)
+    assert lo < x.mean() < hi
+    assert (lo, hi) == stats.bootstrap_ci(x, seed=3)
+    assert all(math.isnan(v) for v in stats.bootstrap_ci([1.0]))
+    curve, steps = np.array([1.0, 0.5, 0.009, 0.02, 0.001]), np.arange(10, 15)
+    assert stats.steps_to_threshold(curve, steps, 0.01) == 12
+    assert stats.steps_to_threshold(curve, steps, 1e-4) is None
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_cli_unknown_id(smoke_db, capsys):
+    assert main(["fig99_nothing", "--db", smoke_db]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "fig99_nothing" in line and "fig3_tabular_single" in line
+
+
+def test_cli_bad_database(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/missing.sqlite"
+    assert main([FIG3, "--db", url]) == 2
+    assert "missing.sqlite" in _one_line(capsys.readouterr().err)
+    (tmp_path / "text.sqlite").write_text("hello\n" * 200)
+    assert main(["all", "--db", f"sqlite:///{tmp_path}/text.sqlite"]) == 2
+    assert "text.sqlite" in _one_line(capsys.readouterr().err)
+
+
+def test_cli_no_runs_for_artefact(smoke_db, tmp_path, capsys):
+    assert main(["fig3_tabular_single", "--db", smoke_db, "--out", str(tmp_path)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "no completed runs" in line and "'fig3_tabular_single'" in line
+
+
+def test_cli_all_and_list(smoke_db, tmp_path, capsys):
+    assert main(["all", "--db", smoke_db, "--out", str(tmp_path)]) == 0
+    written = capsys.readouterr().out
+    for artifact_id in (FIG3, FIG4, "appendix_b"):
+        for ext in FILES:
+            assert (tmp_path / f"{artifact_id}.{ext}").is_file()
+        assert str(tmp_path / f"{artifact_id}.csv") in written
+    assert main(["list", "--db", smoke_db]) == 0
+    listing = capsys.readouterr().out
+    row = next(line.split() for line in listing.splitlines() if line.startswith(FIG4))
+    assert row == [FIG4, FIG4, "5", "0", "0"]
+
+
+def test_cli_module_entry_point(smoke_db):
+    r = subprocess.run(
+        [sys.executable, "-m", "analysis", "nonsense", "--db", smoke_db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "nonsense" in _one_line(r.stderr)

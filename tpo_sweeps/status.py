@@ -1,0 +1,148 @@
+"""``python -m tpo_sweeps status [options] experiment=<id> [overrides]``: a sweep's cells by status.
+
+Give it the same overrides as the multirun (``-m`` is accepted and ignored). It expands the
+sweep as Hydra would, hashes every cell like its job does, and looks the hashes up in the
+results database: each cell is missing, pending, running, dead (running, but no heartbeat for
+``--stale-after`` seconds: the job was killed, ran out of memory, or lost its node), completed,
+failed, timeout or preempted. ``--relaunch`` prints the multirun commands that run only the
+missing, failed, timed-out and dead cells (``--run`` runs them); ``--mark-dead`` stores dead
+runs as failed. Exit status: 0 when every cell is completed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tpo_sweeps import db
+from tpo_sweeps import sweep as S
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tpo_sweeps status",
+        description="List a sweep's cells by status; relaunch the missing or failed ones.",
+    )
+    p.add_argument("overrides", nargs="*", help="the multirun's overrides (experiment=<id> ...)")
+    p.add_argument("-m", "--multirun", action="store_true", help="ignored (for copy-paste)")
+    p.add_argument("--db", help="results database URL (default: the sweep's db.url)")
+    p.add_argument(
+        "--staged",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also read the per-job stores (db.stage=true) under DIR (a sweep directory)",
+    )
+    p.add_argument("--stale-after", type=float, metavar="S", help="heartbeat age of a dead job")
+    p.add_argument("--mark-dead", action="store_true", help="store dead runs as failed")
+    p.add_argument("--relaunch", action="store_true", help="print commands for the cells to redo")
+    p.add_argument("--run", action="store_true", help="with --relaunch: run those commands")
+    p.add_argument("--json", action="store_true", help="one JSON object per cell")
+    return p
+
+
+def _age(t: dt.datetime | None) -> str:
+    if t is None:
+        return ""
+    s = (db._now() - t).total_seconds()
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.0f}h"
+
+
+def _last_line(error: str | None) -> str | None:
+    """The exception line of a stored traceback."""
+    lines = (error or "").strip().splitlines()
+    return lines[-1] if lines else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not any(a.split("=")[0].lstrip("+") == "experiment" for a in args.overrides):
+        print("note: no experiment=<id> given; describing the default config", file=sys.stderr)
+    try:
+        sweep = S.expand(args.overrides)
+    except Exception as e:  # bad override, unknown experiment: Hydra's message names it
+        print(f"error: {db._first_line(e)}", file=sys.stderr)
+        return 2
+    url = args.db or sweep.db_url
+    try:
+        engines = [db.connect(url, create=False, migrate=False)]
+    except db.DatabaseUnavailable as e:
+        if "holds no tpo-sweeps results" not in str(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        engines = []  # nothing ran yet: every cell is missing
+    from tpo_sweeps.merge import find_stores
+
+    for store in find_stores([Path(d) for d in args.staged]):
+        engines.append(db.connect(f"sqlite:///{store}", create=False, migrate=False))
+    try:
+        S.refresh(sweep, engines, args.stale_after)
+        if args.mark_dead and engines:
+            dead = [c.run_id for c in sweep.cells if c.status == S.DEAD]
+            n = db.mark_dead(engines[0], dead, "no heartbeat: the job died (marked by status)")
+            print(f"marked {n} dead run(s) failed", file=sys.stderr)
+            S.refresh(sweep, engines, args.stale_after)
+    finally:
+        for e in engines:
+            e.dispose()
+    _print(sweep, args.json)
+    if args.relaunch:
+        commands = S.relaunch_commands(sweep)
+        if not commands:
+            print("nothing to relaunch", file=sys.stderr)
+        for argv_ in commands:
+            print(S.format_command(argv_))
+            if args.run:
+                rc = subprocess.call(argv_)
+                if rc != 0:
+                    print(f"relaunch exited with {rc}", file=sys.stderr)
+                    return rc
+    counts = sweep.counts()
+    return 0 if counts.get(db.COMPLETED, 0) == len(sweep.cells) else 1
+
+
+def _print(sweep: S.Sweep, as_json: bool) -> None:
+    keys = sweep.swept_keys()
+    if as_json:
+        for c in sweep.cells:
+            row = {
+                "cell": {k: v for k, v in map(S._split, c.overrides) if k in keys},
+                "config_hash": c.config_hash,
+                "status": c.status,
+                "run_id": c.run_id,
+                "heartbeat_at": c.heartbeat_at.isoformat() if c.heartbeat_at else None,
+                "slurm_job_id": c.slurm_job_id,
+                "error": _last_line(c.error),
+            }
+            print(json.dumps(row))
+    else:
+        from tabulate import tabulate
+
+        rows = []
+        for i, c in enumerate(sweep.cells):
+            cell = " ".join(o for o in c.overrides if S._split(o)[0] in keys) or "(single cell)"
+            error = (_last_line(c.error) or "")[:60]
+            rows.append(
+                [
+                    i,
+                    cell,
+                    c.status,
+                    c.run_id or "",
+                    _age(c.heartbeat_at),
+                    c.slurm_job_id or "",
+                    error,
+                ]
+            )
+        headers = ["#", "cell", "status", "run", "heartbeat", "slurm job", "error"]
+        print(tabulate(rows, headers=headers))
+    counts = sweep.counts()
+    summary = ", ".join(f"{n} {s}" for s, n in counts.most_common())
+    print(f"sweep {sweep.name}: {len(sweep.cells)} cells: {summary}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
