@@ -1,15 +1,23 @@
 # Two entry points on a fresh machine (python3 + pip only):
 #   make reproduce   install, run the bandit sweeps (paper Figs 3-4) into results/tpo.sqlite,
 #                    rebuild every figure and table into figures/
-#   make test        install with dev tools, run the test suite (what CI runs)
+#   make test        install with dev tools, run the test suite (what CI runs); as root on
+#                    Debian it first starts a local SLURM cluster and a PostgreSQL server
+#                    (make services) so that the SLURM and PostgreSQL tests run too
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DB     ?= sqlite:///results/tpo.sqlite
 OUT    ?= figures
 PYTEST_ARGS ?= -m "not slow"
+# services: auto = start SLURM + PostgreSQL for the tests when root on Debian (then their tests
+# must run: TPO_REQUIRE_SERVICES=1); 0 = never (those tests skip)
+SERVICES ?= auto
+ifeq ($(SERVICES),auto)
+SERVICES := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo 1 || echo 0)
+endif
 
-.PHONY: install install-dev reproduce test test-all lint clean
+.PHONY: install install-dev reproduce test test-all lint clean services services-stop
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +32,20 @@ reproduce: $(VENV)/.installed
 	$(PY) -m tpo_sweeps -m experiment=fig4_tabular_multi db.url=$(DB)
 	$(PY) -m analysis all --db $(DB) --out $(OUT)
 
-test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+services:
+ifeq ($(SERVICES),1)
+	slurm/cluster.sh start
+	tests/services/postgres.sh start
+else
+	@echo "services: not starting SLURM/PostgreSQL (SERVICES=$(SERVICES)); their tests will skip"
+endif
+
+services-stop:
+	-tests/services/postgres.sh stop
+	-slurm/cluster.sh stop
+
+test: $(VENV)/.installed services
+	TPO_REQUIRE_SERVICES=$(SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: PYTEST_ARGS =
 test-all: test

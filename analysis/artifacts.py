@@ -516,3 +516,7 @@ _register(
         needs_runs=False,
     )
 )
+
+
+# Token-reversal artefacts (Figs 1b, 6–9, 11–18, Tables 1–3, 5) register themselves here.
+import analysis.reversal  # noqa: E402, F401

@@ -11,9 +11,10 @@ Tables read (schema version 1, see ``tpo_sweeps/db.py``):
   ``summaries(run_id, seed, name, value)``; ``schema_info(version)``.
 
 Selection rule (``kept_seeds``): only completed runs count. When several completed runs of
-one sweep cover the same *cell* (``CELL`` columns) and seed, e.g. a sweep rerun after a code
-change altered the config hash, only the most recently finished one is kept for that seed
-(ties: the higher run id), and a warning says how many results were dropped.
+one sweep cover the same *cell* (``CELL`` columns plus the ``CONFIG_CELL`` config values) and
+seed, e.g. a sweep rerun after a code change altered the config hash, only the most recently
+finished one is kept for that seed (ties: the higher run id), and a warning says how many
+results were dropped.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ CELL = [
 ]
 # Run columns copied onto every metric / summary row (the "promoted" columns).
 PROMOTED = [c for c in CELL if c not in ("sweep", "algorithm", "task")]
+# Cell dimensions stored only in the resolved config (``runs.config``), e.g. the target and
+# reward that table2_variations sweeps: name -> dotted path (None where a task has none).
+CONFIG_CELL = {"target": "task.target", "reward": "task.reward"}
 
 _RUN_COLUMNS = [
     "id",
@@ -205,6 +209,16 @@ def sweep_counts(engine: Engine) -> pd.DataFrame:
     return table.reset_index()
 
 
+def config_value(config, dotted: str, default=None):
+    """``config["a"]["b"]`` for ``dotted = "a.b"`` (a parsed ``runs.config``), or ``default``."""
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 _warned: set[tuple[str, str, int]] = set()
 
 
@@ -212,19 +226,22 @@ def kept_seeds(engine: Engine, sweep: str) -> pd.DataFrame:
     """The (run_id, seed) pairs that count for ``sweep``, with the run's cell columns.
 
     Completed runs only; per cell and seed the most recently finished run wins (see module
-    docstring). Columns: run_id, seed, finished_at and ``CELL``.
+    docstring). Columns: run_id, seed, finished_at, ``CELL`` and ``CONFIG_CELL``.
     """
+    cell_key = [*CELL, *CONFIG_CELL]
     rs = runs(engine, sweep=sweep, status="completed")
     if rs.empty:
-        return pd.DataFrame(columns=["run_id", "seed", "finished_at", *CELL])
+        return pd.DataFrame(columns=["run_id", "seed", "finished_at", *cell_key])
     rs = rs.rename(columns={"id": "run_id", "seed": "base_seed"})
+    for col, dotted in CONFIG_CELL.items():
+        rs[col] = [config_value(c, dotted) for c in rs["config"]]
     counts = rs["num_seeds"].to_numpy()
-    pairs = rs.loc[rs.index.repeat(counts), ["run_id", "base_seed", "finished_at", *CELL]]
+    pairs = rs.loc[rs.index.repeat(counts), ["run_id", "base_seed", "finished_at", *cell_key]]
     offsets = np.concatenate([np.arange(n) for n in counts]) if len(counts) else []
     pairs = pairs.assign(seed=pairs["base_seed"].to_numpy() + offsets).drop(columns="base_seed")
     # a completed run without a finish time (not written by tpo-sweeps) loses every tie
     pairs = pairs.sort_values(["finished_at", "run_id"], kind="stable", na_position="first")
-    kept = pairs.drop_duplicates(CELL + ["seed"], keep="last")
+    kept = pairs.drop_duplicates(cell_key + ["seed"], keep="last")
     dropped = len(pairs) - len(kept)
     if dropped:
         gone = sorted(set(pairs["run_id"]) - set(kept["run_id"]))
@@ -240,7 +257,7 @@ def kept_seeds(engine: Engine, sweep: str) -> pd.DataFrame:
                 len(gone),
                 gone,
             )
-    cols = ["run_id", "seed", "finished_at", *CELL]
+    cols = ["run_id", "seed", "finished_at", *cell_key]
     return kept[cols].sort_values(["run_id", "seed"]).reset_index(drop=True)
 
 

@@ -2,7 +2,8 @@
 
     python benchmarks/reversal_speed.py [--seeds 2] [--episodes 5] [--only tpo_terminal]
 
-Each setting is compiled once (compile time reported separately), run once to warm up,
+``cpu s`` is process CPU time per seed-episode (all threads): steadier than wall time on a
+busy machine, for before/after comparisons. Each setting is compiled once (compile time reported separately), run once to warm up,
 then timed over ``--episodes`` episodes for ``--seeds`` seeds in one vmapped program.
 Also prints the token forward passes one episode needs in each implementation (counted
 from the algorithms, not measured): ours uses a KV-cached sampler, encodes each shared
@@ -70,7 +71,7 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, seeds={args.seeds}")
     print(
         f"{'setting':24s} {'compile s':>9s} {'s/seed-ep':>10s} {'authors':>8s} {'speed-up':>8s}"
-        f" {'tok-fwd ours':>12s} {'authors':>10s}"
+        f" {'tok-fwd ours':>12s} {'authors':>10s} {'cpu s':>8s}"
     )
     for name, (hp, over, theirs_s) in SETTINGS.items():
         if args.only and name not in args.only.split(","):
@@ -84,13 +85,14 @@ def main() -> None:
         compiled = fn.lower(keys).compile()
         compile_s = time.perf_counter() - t0
         jax.block_until_ready(compiled(keys))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jax.block_until_ready(compiled(keys))
         per = (time.perf_counter() - t0) / (args.seeds * args.episodes)
+        cpu = (time.process_time() - c0) / (args.seeds * args.episodes)
         ours_n, theirs_n = token_passes(layout_of(hp), task.H, task.B, task.K, hp.epochs)
         print(
             f"{name:24s} {compile_s:9.1f} {per:10.3f} {theirs_s:8.3f} {theirs_s / per:7.1f}x"
-            f" {ours_n:12,d} {theirs_n:10,d}"
+            f" {ours_n:12,d} {theirs_n:10,d} {cpu:8.3f}"
         )
 
 

@@ -11,7 +11,7 @@
 #   SLURM_STATE=/tmp/tpo-slurm   state, spool, logs, PID files
 #   WITH_DBD=1                   also run MariaDB + slurmdbd, so that `sacct` works (submitit polls it)
 #   CRED_EXPIRE=15               seconds a requeued job waits before it may start again (SLURM: 120)
-#   KILL_WAIT=30                 seconds between SIGTERM and SIGKILL when a job is cancelled/requeued
+#   KILL_WAIT=10                 seconds between SIGTERM and SIGKILL when a job is cancelled/requeued (SLURM: 30)
 #   FAKE_GPUS=2                  GRES gpu devices to advertise (backed by /dev/null, /dev/zero, ...)
 #   FORCE=1                      overwrite an /etc/slurm/slurm.conf this script did not write
 # See slurm/README.md for what each setting is for and what goes wrong without it.
@@ -20,7 +20,7 @@ set -euo pipefail
 STATE=${SLURM_STATE:-/tmp/tpo-slurm}
 WITH_DBD=${WITH_DBD:-1}
 CRED_EXPIRE=${CRED_EXPIRE:-15}
-KILL_WAIT=${KILL_WAIT:-30}
+KILL_WAIT=${KILL_WAIT:-10}
 FAKE_GPUS=${FAKE_GPUS:-2}
 CONF=/etc/slurm/slurm.conf
 MARK="# written by tpo-sweeps slurm/cluster.sh"
@@ -85,6 +85,9 @@ $acct
 JobCompType=jobcomp/none
 SwitchType=switch/none
 SchedulerType=sched/backfill
+# test every pending job every 2 s (defaults 60 s / 30 s): a requeued job then starts as soon
+# as its cred_expire hold ends instead of at the next minute's scheduling pass
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 GresTypes=gpu

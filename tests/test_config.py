@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tpo_sweeps import config as C
 
@@ -56,14 +56,12 @@ def test_default_config():
 @pytest.mark.parametrize("option", _options("algorithm"))
 def test_every_algorithm_option_composes(option):
     # the task-dependent values are checked below; one task suffices for the schema
-    for task in ("tabular_multi",):
-        cfg = _typed([f"algorithm={option}", f"task={task}"])
-        assert cfg.algorithm.name == option
-        assert isinstance(cfg.algorithm, C.AlgorithmConfig)
-        assert type(cfg.algorithm) is not C.AlgorithmConfig  # an option schema, not the base
-        assert cfg.algorithm.epochs >= 1
-        # nothing is left as an unresolved interpolation or missing value
-        assert "${" not in repr(C.as_dict(cfg))
+    cfg = _typed([f"algorithm={option}", "task=tabular_multi"])
+    assert cfg.algorithm.name == option
+    assert type(cfg.algorithm) is not C.AlgorithmConfig  # an option schema, not the base
+    assert cfg.algorithm.epochs >= 1
+    # nothing is left as an unresolved interpolation or missing value
+    assert "${" not in repr(C.as_dict(cfg))
 
 
 @pytest.mark.parametrize("option", _options("task"))
@@ -134,22 +132,27 @@ def _swept(dcfg: DictConfig) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("preset", _options("experiment"))
 def test_every_experiment_preset_composes(preset):
-    grid = _swept(_compose([f"experiment={preset}"], hydra=True))
+    dcfg = _compose([f"experiment={preset}"], hydra=True)
+    grid = _swept(dcfg)
+    with open_dict(dcfg):
+        del dcfg["hydra"]  # what the job sees
+    cfg = C.to_config(dcfg)
     if preset.startswith("_"):
         assert not grid  # a shared base, not a sweep of its own
     else:
         assert grid, f"{preset} sweeps nothing"
-    for value in grid.get("algorithm", []):
-        assert value in _options("algorithm"), f"{preset} sweeps unknown algorithm '{value}'"
-    # the preset with the last value of every swept key is a valid typed config
-    cfg = _typed([f"experiment={preset}", *(f"{k}={v[-1]}" for k, v in grid.items())])
-    if not preset.startswith("_"):
         assert cfg.name == preset  # the sweep id is the preset's name
-    if "algorithm" in grid:
-        assert cfg.algorithm.name == grid["algorithm"][-1]
-    if preset.endswith("_smoke"):
-        full = _typed([f"experiment={preset.removesuffix('_smoke')}"])
-        assert cfg.num_seeds <= full.num_seeds and cfg.task.steps < full.task.steps
+    for key, values in grid.items():
+        if key == "algorithm":
+            for value in values:
+                assert value in _options("algorithm"), f"{preset} sweeps unknown '{value}'"
+            continue
+        # every swept value of a plain key is a valid, typed value of this preset's config
+        assert OmegaConf.select(dcfg, key, default=None) is not None, f"{preset}: no key {key}"
+        for value in values:
+            cell = dcfg.copy()
+            OmegaConf.update(cell, key, value)
+            C.to_config(cell)
 
 
 def test_fig3_and_fig4_presets_follow_the_protocol():

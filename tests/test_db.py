@@ -334,6 +334,7 @@ def test_locked_database_raises_and_loses_nothing(tmp_path):
     eng = db.connect(_url(path), busy_timeout_s=0.2)
     run_id = db.start_run(eng, _fields())
     db.finish_run(eng, run_id, *_result())
+    pending = db.start_run(eng, _fields("p" * 64))  # a job still running when the lock comes
 
     holder = _hold_write_lock(path)
     try:
@@ -347,17 +348,21 @@ def test_locked_database_raises_and_loses_nothing(tmp_path):
             db.start_run(eng, _fields("z" * 64))
         with pytest.raises(OperationalError, match="locked"):
             db.start_run(eng, _fields(), rerun_completed=True)
+        with pytest.raises(OperationalError, match="locked"):
+            db.finish_run(eng, pending, *_result(offset=9.0))
     finally:
         holder.rollback()
         holder.close()
     # nothing stored was lost or half-replaced, and the file is a sound database
     assert _count(eng, db.Metric) == 12
-    assert _count(eng, db.Run) == 1
+    assert _count(eng, db.Run) == 2
     assert db.find_run(eng, "h" * 64) == (run_id, db.COMPLETED)
+    assert db.find_run(eng, "p" * 64) == (pending, db.RUNNING)  # no half-written result
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     con.close()
-    # once the lock is gone the same write goes through
+    # once the lock is gone the same writes go through
+    assert db.finish_run(eng, pending, *_result(offset=9.0)) == 12
     assert db.start_run(eng, _fields("z" * 64)) is not None
     eng.dispose()
 

@@ -143,7 +143,7 @@ def _all_guards(x, w):
     return jnp.stack(outs)
 
 
-@pytest.mark.parametrize("K", [3, 10, 100])
+@pytest.mark.parametrize("K", [5, 100])
 def test_standardize_constant_rows_are_exact_zeros(K):
     x = _constant_rows(K)
     w = jnp.asarray(_rng(K).dirichlet(np.ones(K), size=x.shape[0]).astype(np.float32))
@@ -166,13 +166,10 @@ def test_standardize_constant_rows_are_exact_zeros_eagerly(guard):
 
 def test_standardize_unit_weights_equal_unweighted():
     x = _f32(_rng(2).normal(size=(4, 9)))
-    for guard in GUARDS:
-        np.testing.assert_allclose(
-            standardize(x, guard=guard, weight=jnp.ones_like(x)),
-            standardize(x, guard=guard),
-            rtol=1e-6,
-            atol=1e-7,
-        )
+    got = np.asarray(_all_guards(x, jnp.ones_like(x)))  # [unweighted, weighted] per guard
+    for i in range(len(GUARDS)):
+        np.testing.assert_allclose(got[2 * i + 1], got[2 * i], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got[0], standardize(x), rtol=1e-6, atol=1e-7)
 
 
 def test_standardize_probability_weights_are_expectations():
@@ -244,15 +241,11 @@ def test_tpo_target_permutation_equivariance():
 def test_tpo_target_zero_variance_group_is_p_old():
     logp_old = _f32(_rng(7).normal(size=(4, 5)))
     p_old = np.asarray(jax.nn.softmax(logp_old, axis=-1))
+    per_row = jax.jit(jax.vmap(lambda lo, s: L.tpo_target(lo, s)))
     for c in (0.0, 0.3, -17.25):
-        q = np.asarray(tpo_target(logp_old, jnp.full((4, 5), c, jnp.float32)))
-        np.testing.assert_allclose(q, p_old, rtol=1e-6, atol=0)
-        q_jit = np.asarray(
-            jax.jit(jax.vmap(lambda lo, s: L.tpo_target(lo, s)))(
-                logp_old, jnp.full((4, 5), c, jnp.float32)
-            )
-        )
-        np.testing.assert_allclose(q_jit, p_old, rtol=1e-6, atol=0)
+        scores = jnp.full((4, 5), c, jnp.float32)
+        np.testing.assert_allclose(tpo_target(logp_old, scores), p_old, rtol=1e-6, atol=0)
+        np.testing.assert_allclose(per_row(logp_old, scores), p_old, rtol=1e-6, atol=0)
     # no-anchor and zero variance: uniform
     q = tpo_target(logp_old, jnp.zeros((4, 5)), anchor=False)
     np.testing.assert_allclose(q, np.full((4, 5), 0.2), rtol=1e-6)

@@ -1,4 +1,9 @@
-"""The entry point end to end: ``python -m tpo_sweeps`` in a subprocess, into a real SQLite DB."""
+"""The entry point end to end: ``python -m tpo_sweeps`` in a subprocess, into a real SQLite DB.
+
+Independent invocations are started together when the module starts (``launched``) and each
+test waits for the one it inspects: the jobs are single-threaded, so on a 2-core machine this
+halves the wall time. The smoke sweep and its rerun run in the foreground meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -14,21 +19,93 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SMOKE3 = "experiment=fig3_tabular_single_smoke"  # 4 algorithms × 2 seeds × 20 steps
 SMOKE3_RUNS, SMOKE3_SEEDS, SMOKE3_STEPS, METRICS = 4, 2, 20, 2
+UNREACHABLE = "sqlite:////proc/nope/x.sqlite"
+GARBAGE = bytes(range(256)) * 64  # not an SQLite header
 
 
-def tpo(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    """``python -m tpo_sweeps args`` with outputs/ and multirun/ under ``cwd``."""
+def _env(jax_cache: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "SLURM_"))}
     env["JAX_PLATFORMS"] = "cpu"
+    # JAX's persistent compilation cache: reruns of the suite skip XLA compiles
+    env["JAX_COMPILATION_CACHE_DIR"] = jax_cache
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", "tpo_sweeps", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return env
+
+
+class Invocation:
+    """``python -m tpo_sweeps args`` started in ``cwd`` (outputs/ and multirun/ land there)."""
+
+    def __init__(self, cwd: Path, args: list[str], env: dict[str, str]):
+        self.cwd = cwd
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tpo_sweeps", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._done: subprocess.CompletedProcess | None = None
+
+    def result(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        if self._done is None:
+            out, err = self.proc.communicate(timeout=timeout)
+            self._done = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
+        return self._done
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def env(pytestconfig, tmp_path_factory) -> dict[str, str]:
+    cache = getattr(pytestconfig, "cache", None)
+    if cache is None:  # cache plugin off: a fresh folder
+        return _env(str(tmp_path_factory.mktemp("jax_compilation_cache")))
+    return _env(str(cache.mkdir("jax_compilation_cache")))
+
+
+def tpo(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return Invocation(cwd, list(args), env).result()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def launched(tmp_path_factory, env):
+    """Start every independent invocation of this module at once; tests wait for theirs."""
+    root = tmp_path_factory.mktemp("launched")
+
+    def cwd(name: str) -> Path:
+        (root / name).mkdir()
+        return root / name
+
+    def url(name: str) -> str:
+        return _url(root / name / "res.sqlite")
+
+    specs = {
+        # a sweep of two cells that both fail on purpose
+        "failed": ["-m", SMOKE3, "debug.fail=true", "algorithm=tpo,pg"],
+        "single": ["experiment=fig4_tabular_multi_smoke"],
+        "unknown_algorithm": ["algorithm=nope"],
+        "other_key": ["algorithm=grpo", "algorithm.eta=2"],
+        "appended_key": ["algorithm=grpo", "+algorithm.eta=2"],
+        "unreachable": ["task.steps=2", f"db.url={UNREACHABLE}"],
+        "malformed": ["task.steps=2", "db.url=notaurl"],
+        "corrupt": ["task.steps=2"],
+    }
+    procs = {}
+    for name, args in specs.items():
+        where = cwd(name)
+        if name == "corrupt":
+            (where / "res.sqlite").write_bytes(GARBAGE)
+        has_url = any(a.startswith("db.url=") for a in args)
+        full = args if has_url else [*args, f"db.url={url(name)}"]
+        procs[name] = Invocation(where, full, env)
+    yield procs
+    for p in procs.values():
+        p.kill()
 
 
 def _url(path: Path) -> str:
@@ -66,9 +143,9 @@ def _error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_smoke_sweep_writes_all_cells_and_skips_them_on_rerun(tmp_path):
+def test_smoke_sweep_writes_all_cells_and_skips_them_on_rerun(tmp_path, env):
     dbfile = tmp_path / "res.sqlite"
-    first = tpo(tmp_path, "-m", SMOKE3, f"db.url={_url(dbfile)}")
+    first = tpo(tmp_path, env, "-m", SMOKE3, f"db.url={_url(dbfile)}")
     assert first.returncode == 0, _explain(first)
     runs = _runs(dbfile)
     assert set(runs) == {"tpo", "grpo", "dg", "pg"}
@@ -83,21 +160,20 @@ def test_smoke_sweep_writes_all_cells_and_skips_them_on_rerun(tmp_path):
     )
     assert len(per_run) == SMOKE3_RUNS * METRICS
     assert all(r[2:] == (SMOKE3_SEEDS, SMOKE3_STEPS, 0, SMOKE3_STEPS - 1) for r in per_run)
-    # error starts at 1 - 1/K (uniform policy, recorded before the first step) and every
-    # algorithm improves on it within 20 steps
+    # error starts at 1 - 1/K (uniform policy over K = 100, recorded before the first step)
+    # and every algorithm improves on it within 20 steps
     start = _query(
         dbfile, "SELECT DISTINCT ROUND(value, 6) FROM metrics WHERE name='error' AND step=0"
     )
     assert start == [(0.99,)]
     finals = _query(
-        dbfile,
-        "SELECT run_id, AVG(value) FROM summaries WHERE name='final_error' GROUP BY run_id",
+        dbfile, "SELECT run_id, AVG(value) FROM summaries WHERE name='final_error' GROUP BY run_id"
     )
-    assert len(finals) == SMOKE3_RUNS and all(v < 0.99 for _, v in finals)
-    # the outputs went under the working directory
+    assert len(finals) == SMOKE3_RUNS and all(v < 0.99 for _, v in finals), finals
+    # Hydra's outputs went under the working directory
     assert (tmp_path / "multirun" / "fig3_tabular_single_smoke").is_dir()
 
-    again = tpo(tmp_path, "-m", SMOKE3, f"db.url={_url(dbfile)}")
+    again = tpo(tmp_path, env, "-m", SMOKE3, f"db.url={_url(dbfile)}")
     assert again.returncode == 0, _explain(again)
     assert _metric_count(dbfile) == rows
     assert _runs(dbfile) == runs
@@ -105,17 +181,9 @@ def test_smoke_sweep_writes_all_cells_and_skips_them_on_rerun(tmp_path):
     assert log.count("skip") >= SMOKE3_RUNS, _explain(again)
 
 
-@pytest.fixture(scope="module")
-def failed_sweep(tmp_path_factory):
-    """A sweep of two cells that both fail on purpose (debug.fail=true)."""
-    tmp = tmp_path_factory.mktemp("failed")
-    dbfile = tmp / "res.sqlite"
-    proc = tpo(tmp, "-m", SMOKE3, "debug.fail=true", "algorithm=tpo,pg", f"db.url={_url(dbfile)}")
-    return tmp, dbfile, proc
-
-
-def test_failing_jobs_are_recorded_and_the_sweep_goes_on(failed_sweep):
-    _, dbfile, proc = failed_sweep
+def test_failing_jobs_are_recorded_and_the_sweep_goes_on(launched):
+    proc = launched["failed"].result()
+    dbfile = launched["failed"].cwd / "res.sqlite"
     assert proc.returncode != 0, _explain(proc)
     runs = _runs(dbfile)
     # both cells were attempted: the sweep went on after the first failure
@@ -127,12 +195,13 @@ def test_failing_jobs_are_recorded_and_the_sweep_goes_on(failed_sweep):
     assert "debug.fail" in proc.stderr
 
 
-def test_failed_cells_complete_on_a_later_run(failed_sweep, tmp_path):
-    _, failed_db, _ = failed_sweep
+def test_failed_cells_complete_on_a_later_run(launched, tmp_path, env):
+    launched["failed"].result()
     dbfile = tmp_path / "res.sqlite"
-    shutil.copy(failed_db, dbfile)
+    shutil.copy(launched["failed"].cwd / "res.sqlite", dbfile)
     failed_ids = {a: r[0] for a, r in _runs(dbfile).items()}
-    proc = tpo(tmp_path, "-m", SMOKE3, "algorithm=tpo,pg", f"db.url={_url(dbfile)}")
+    assert set(failed_ids) == {"tpo", "pg"}
+    proc = tpo(tmp_path, env, "-m", SMOKE3, "algorithm=tpo,pg", f"db.url={_url(dbfile)}")
     assert proc.returncode == 0, _explain(proc)
     runs = _runs(dbfile)
     # the same rows were completed: same ids, no new run rows, no duplicated metrics
@@ -147,9 +216,10 @@ def test_failed_cells_complete_on_a_later_run(failed_sweep, tmp_path):
     assert dupes == []
 
 
-def test_single_run_without_multirun(tmp_path):
-    dbfile = tmp_path / "single.sqlite"
-    proc = tpo(tmp_path, "experiment=fig4_tabular_multi_smoke", f"db.url={_url(dbfile)}")
+def test_single_run_without_multirun(launched):
+    proc = launched["single"].result()
+    where = launched["single"].cwd
+    dbfile = where / "res.sqlite"
     assert proc.returncode == 0, _explain(proc)
     runs = _runs(dbfile)
     assert list(runs) == ["tpo"], runs
@@ -160,56 +230,54 @@ def test_single_run_without_multirun(tmp_path):
     assert sorted(steps) == [("error", 1, 50, 100), ("misalignment", 0, 49, 100)]
     config = _query(dbfile, "SELECT task, K, epochs, optimizer FROM runs")[0]
     assert config == ("tabular_multi", 10, 1, "normalized_step")
-    assert (tmp_path / "outputs" / "fig4_tabular_multi_smoke").is_dir()
+    assert (where / "outputs" / "fig4_tabular_multi_smoke").is_dir()
+    assert not (where / "multirun").exists()
 
 
 # --------------------------------------------------------------------------------------------
-# Bad input: a short error, a non-zero exit, nothing written
+# Bad input: a short error on stderr, a non-zero exit, nothing written
 # --------------------------------------------------------------------------------------------
 
 
-def _assert_short_failure(proc: subprocess.CompletedProcess, *needles: str) -> None:
+def _short_failure(launched, name: str, *needles: str) -> subprocess.CompletedProcess:
+    proc = launched[name].result()
     assert proc.returncode != 0, _explain(proc)
     assert "Traceback" not in proc.stderr, _explain(proc)
     for needle in needles:
         assert needle in proc.stderr, _explain(proc)
+    return proc
 
 
-def test_unknown_algorithm(tmp_path):
-    dbfile = tmp_path / "x.sqlite"
-    proc = tpo(tmp_path, "algorithm=nope", f"db.url={_url(dbfile)}")
-    _assert_short_failure(proc, "nope")
-    assert not dbfile.exists()
+def test_unknown_algorithm(launched):
+    _short_failure(launched, "unknown_algorithm", "nope")
+    assert not (launched["unknown_algorithm"].cwd / "res.sqlite").exists()
 
 
-def test_key_of_another_algorithm(tmp_path):
-    dbfile = tmp_path / "x.sqlite"
-    proc = tpo(tmp_path, "algorithm=grpo", "algorithm.eta=2", f"db.url={_url(dbfile)}")
-    _assert_short_failure(proc, "eta")
-    appended = tpo(tmp_path, "algorithm=grpo", "+algorithm.eta=2", f"db.url={_url(dbfile)}")
-    _assert_short_failure(appended, "algorithm.eta")
-    assert len(_error_lines(appended)) == 1, _explain(appended)
-    assert not dbfile.exists()
+def test_key_of_another_algorithm(launched):
+    _short_failure(launched, "other_key", "eta")
+    assert not (launched["other_key"].cwd / "res.sqlite").exists()
 
 
-def test_unreachable_database(tmp_path):
-    url = "sqlite:////proc/nope/x.sqlite"
-    proc = tpo(tmp_path, "task.steps=2", f"db.url={url}")
-    _assert_short_failure(proc, url)
+def test_appended_key_of_another_algorithm(launched):
+    proc = _short_failure(launched, "appended_key", "algorithm.eta")
     assert len(_error_lines(proc)) == 1, _explain(proc)
+    assert not (launched["appended_key"].cwd / "res.sqlite").exists()
 
 
-def test_malformed_database_url(tmp_path):
-    proc = tpo(tmp_path, "task.steps=2", "db.url=notaurl")
-    _assert_short_failure(proc, "notaurl")
+def test_unreachable_database(launched):
+    proc = _short_failure(launched, "unreachable", UNREACHABLE)
     assert len(_error_lines(proc)) == 1, _explain(proc)
+    assert UNREACHABLE in _error_lines(proc)[0]
 
 
-def test_corrupt_database_file_is_left_untouched(tmp_path):
-    dbfile = tmp_path / "corrupt.sqlite"
-    garbage = bytes(range(256)) * 64
-    dbfile.write_bytes(garbage)
-    proc = tpo(tmp_path, "task.steps=2", f"db.url={_url(dbfile)}")
-    _assert_short_failure(proc, str(dbfile.resolve()))
+def test_malformed_database_url(launched):
+    proc = _short_failure(launched, "malformed", "notaurl")
     assert len(_error_lines(proc)) == 1, _explain(proc)
-    assert dbfile.read_bytes() == garbage
+    assert "notaurl" in _error_lines(proc)[0]
+
+
+def test_corrupt_database_file_is_left_untouched(launched):
+    dbfile = launched["corrupt"].cwd / "res.sqlite"
+    proc = _short_failure(launched, "corrupt", str(dbfile.resolve()))
+    assert len(_error_lines(proc)) == 1, _explain(proc)
+    assert dbfile.read_bytes() == GARBAGE

@@ -87,7 +87,13 @@ def test_jit_equals_eager(task, name):
     assert np.ptp(np.asarray(compiled["error"])) > 1e-3
 
 
-@pytest.mark.parametrize("task", [_single(), _multi()], ids=["single", "multi"])
+@pytest.mark.parametrize(
+    "task",
+    [
+        pytest.param(_single(), id="single"),
+        pytest.param(_multi(), id="multi", marks=pytest.mark.slow),
+    ],
+)
 def test_vmap_over_seeds_equals_loop_over_seeds_and_jobs_split_seeds(task):
     prog = _program(_hp("dg", task), task)
     together = train.run(prog, np.array([2, 3, 4, 5]))
@@ -137,7 +143,8 @@ def test_on_chunk_state_is_a_snapshot():
     seen = {}
     train.run(prog, np.arange(1), chunk=2, on_chunk=lambda done, st: seen.update({done: st}))
     _, parts = seen[2]
-    assert sum(np.asarray(p["error"]).shape[0] for p in parts) == 2
+    points = sum(np.asarray(p["error"]).shape[0] for p in parts)
+    assert points == 2, f"state for 2 points done holds {points} points: it aliases run's list"
 
 
 def test_seed_keys_are_prngkey_of_each_seed():
@@ -193,8 +200,9 @@ def test_optimizer_build_dispatch():
     assert muon.effective_lr == pytest.approx(1e-3)
     opt = optim.build(muon)
     params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
-    upd, _ = opt.update(params, opt.init(params), params)
+    upd = jax.jit(lambda p: opt.update(p, opt.init(p), p)[0])(params)
     assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree_util.tree_leaves(upd))
+    assert all(np.abs(np.asarray(v)).max() > 0 for v in jax.tree_util.tree_leaves(upd))
     with pytest.raises(C.ConfigError, match="nope"):
         optim.build(C.OptimizerConfig(name="nope"))
 
@@ -225,27 +233,29 @@ def test_update_epochs_applies_one_update_per_epoch(epochs):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def single_context_runs() -> dict[str, train.Result]:
+    """K = 10 actions, B = 32 samples, 60 normalised steps, 8 seeds, per algorithm."""
+    task = _single(steps=60, K=10, B=32)
+    return {n: train.run(_program(_hp(n, task), task), np.arange(8)) for n in ("tpo", "dg", "pg")}
+
+
 @pytest.mark.parametrize("name", ["tpo", "dg", "pg"])
-def test_single_context_learns(name):
-    K = 10
-    task = _single(steps=60, K=K, B=32)
-    result = train.run(_program(_hp(name, task), task), np.arange(8))
+def test_single_context_learns(name, single_context_runs):
+    result = single_context_runs[name]
     err = result.metrics["error"]
+    assert err.shape == (8, 60)
     # uniform init: error 1 - 1/K, recorded before the first step
-    np.testing.assert_allclose(err[:, 0], 1.0 - 1.0 / K, rtol=1e-6)
+    np.testing.assert_allclose(err[:, 0], 0.9, rtol=1e-6)
     assert err[:, -1].mean() < 0.1, err[:, -1]
     assert err[:, -1].max() < 0.2
     assert np.all(np.isfinite(result.metrics["misalignment"]))
 
 
-def test_single_context_tpo_beats_pg_in_alignment():
-    # paper Fig 3: TPO's update stays closest to the exact PG direction
-    task = _single(steps=40, K=10, B=32)
-    mis = {
-        n: train.run(_program(_hp(n, task), task), np.arange(8)).metrics["misalignment"].mean()
-        for n in ("tpo", "pg")
-    }
-    assert mis["tpo"] < mis["pg"], mis
+def test_single_context_tpo_is_best_aligned(single_context_runs):
+    # paper Fig 3: TPO's update stays closest to the exact PG direction, PG's the furthest
+    mis = {n: r.metrics["misalignment"].mean() for n, r in single_context_runs.items()}
+    assert mis["tpo"] < mis["dg"] < mis["pg"], mis
 
 
 @pytest.mark.parametrize("name", ["ce", "tpo"])
@@ -264,16 +274,6 @@ def test_multi_context_learns(name):
         # close to CE's (exactly aligned only when all contexts share the same p)
         assert mis.mean() < 0.1
         assert mis.max() < 1.0
-
-
-def test_multi_context_error_at_init_matches_logits():
-    task = _multi(steps=1, N=6, K=4)
-    prog = _program(_hp("ce", task), task, alpha=1e-8)
-    out = jax.jit(prog.train)(jax.random.PRNGKey(3))
-    logits = task.init_std * jax.random.normal(jax.random.PRNGKey(3), (6, 4))
-    expected = 1.0 - float(jnp.mean(jax.nn.softmax(logits, axis=-1)[:, 0]))
-    # one step of length 1e-8 in logit space does not move the error measurably
-    np.testing.assert_allclose(float(out["error"][0]), expected, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,14 +296,22 @@ def fast_compile():
     jax.config.update("jax_disable_most_optimizations", before)
 
 
+# Options that only change hyperparameter values of another option's code path (epochs, β,
+# level; level matters to the transformer tasks only): they run under `-m slow`.
+VALUE_VARIANTS = {"tpo_1ep", "tpo_token", "grpo_no_kl", "grpo_token", "grpo_token_no_kl"}
+VALUE_VARIANTS |= {"dg_4ep", "reinforce"}
+
+
 def _option_task_pairs() -> list:
-    """Every (option, tabular task) pair; each option runs on one task by default (alternating,
-    so both tasks see about half the options) and on the other under ``-m slow``."""
+    """Every (option, tabular task) pair. By default each option that is not a value variant
+    runs on one task (alternating, so both tasks see about half of them); the rest of the
+    product runs under ``-m slow``."""
     pairs = []
     tasks_ = sorted(TINY)
     for i, option in enumerate(ALGORITHM_OPTIONS):
         for j, task in enumerate(tasks_):
-            marks = () if (i + j) % 2 == 0 else (pytest.mark.slow,)
+            fast = (i + j) % 2 == 0 and option not in VALUE_VARIANTS
+            marks = () if fast else (pytest.mark.slow,)
             pairs.append(pytest.param(option, task, marks=marks, id=f"{option}-{task}"))
     return pairs
 

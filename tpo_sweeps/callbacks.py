@@ -53,6 +53,10 @@ class SweepCallback(Callback):
         try:
             self._sweep = S.from_multirun_config(config)
             new = db.add_pending(engine, [c.fields() for c in self._sweep.cells])
+        except Exception as e:  # bookkeeping only: the sweep itself must still run
+            log.warning("sweep %s: no pending rows or progress counts (%s)", config.name, e)
+            self._sweep = None
+            return
         finally:
             engine.dispose()
         n = len(self._sweep.cells)

@@ -158,6 +158,21 @@ class ReversalConfig(TaskConfig):
     model: TransformerConfig = field(default_factory=TransformerConfig)
 
 
+@dataclass
+class MnistConfig(TaskConfig):
+    """MNIST contextual bandit (paper §3.3, Figs 1a, 5a, 5b; protocols §4.3–4.4)."""
+
+    name: str = "mnist"
+    steps: int = 10000  # T, Adam steps (one batch each)
+    batch_size: int = 100  # B contexts per step, drawn uniformly with replacement
+    eval_every: int = 200  # test error (full test set) after every n steps
+    hidden: int = 50  # width of both hidden layers: 784-hidden-hidden-10 ReLU MLP
+    baseline: str = "expected"  # b = Σ_a π(a)² for PG/DG (and the sign of TPO/Group PG's A)
+    data_dir: str = "~/.cache/tpo_sweeps/mnist"  # the four IDX files (python -m tpo_sweeps.data)
+    check_md5: bool = True  # require the canonical MNIST files (false: synthetic test data)
+    mechanism: bool = False  # log the Fig 5b gain diagnostic per concentration bin at each eval
+
+
 # --------------------------------------------------------------------------------------------
 # optimizer/
 # --------------------------------------------------------------------------------------------
@@ -289,6 +304,7 @@ GROUPS: dict[str, tuple[type, dict[str, type]]] = {
             "tabular_single": TabularSingleConfig,
             "tabular_multi": TabularMultiConfig,
             "reversal": ReversalConfig,
+            "mnist": MnistConfig,
         },
     ),
     "optimizer": (

@@ -166,7 +166,12 @@ def connect(
     if sqlite and parsed.database and parsed.database != ":memory:" and create:
         from pathlib import Path
 
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatabaseUnavailable(
+                f"db.url '{url}': cannot create {e.filename}: {e.strerror}"
+            ) from None
     try:
         engine = create_engine(
             parsed,

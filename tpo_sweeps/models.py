@@ -97,8 +97,12 @@ def _layer_norm(p: dict, x: Array) -> Array:
     return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * p["scale"] + p["bias"]
 
 
-def _proj(p: dict, x: Array) -> Array:  # [..., d] -> [..., heads, hd]
-    return jnp.einsum("...d,dhk->...hk", x, p["kernel"]) + p["bias"]
+def _qkv(p: dict, x: Array) -> tuple[Array, Array, Array]:
+    """q, k, v ``[..., heads, hd]`` from one matmul over the three stacked kernels."""
+    w = jnp.stack([p["q"]["kernel"], p["k"]["kernel"], p["v"]["kernel"]], axis=1)
+    b = jnp.stack([p["q"]["bias"], p["k"]["bias"], p["v"]["bias"]], axis=0)
+    qkv = jnp.einsum("...d,dshk->...shk", x, w) + b
+    return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
 
 
 def _attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
@@ -144,8 +148,8 @@ def forward(params: dict, tokens: Array) -> Array:
     mask = _causal(tokens.shape[-1])
     for i in range(num_layers(params)):
         p = params[f"block_{i}"]
-        h = _layer_norm(p["ln1"], x)
-        o = _attend(_proj(p["q"], h), _proj(p["k"], h), _proj(p["v"], h), mask)
+        q, k, v = _qkv(p, _layer_norm(p["ln1"], x))
+        o = _attend(q, k, v, mask)
         x = _ffn(p, x + _attn_out(p, o))
     return _head(params, x)
 
@@ -169,8 +173,8 @@ def answer_logprobs(params: dict, prompt: Array, answers: Array) -> Array:
     for i in range(num_layers(params)):
         p = params[f"block_{i}"]
         hp_, ha = _layer_norm(p["ln1"], xp), _layer_norm(p["ln1"], xa)
-        qp, kp, vp = _proj(p["q"], hp_), _proj(p["k"], hp_), _proj(p["v"], hp_)
-        qa, ka, va = _proj(p["q"], ha), _proj(p["k"], ha), _proj(p["v"], ha)
+        qp, kp, vp = _qkv(p, hp_)
+        qa, ka, va = _qkv(p, ha)
         op = _attend(qp, kp, vp, mask_p)
         k_all = jnp.concatenate([jnp.broadcast_to(kp[:, None], (B, K) + kp.shape[1:]), ka], 2)
         v_all = jnp.concatenate([jnp.broadcast_to(vp[:, None], (B, K) + vp.shape[1:]), va], 2)
@@ -195,8 +199,8 @@ def answer_token_logp(params: dict, prompt: Array, answers: Array) -> Array:
 
 
 class Cache(NamedTuple):
-    k: Array  # [L, N, T, h, hd]
-    v: Array  # [L, N, T, h, hd]
+    k: tuple[Array, ...]  # per layer [N, T, h, hd]; a tuple, not a stacked array, so a
+    v: tuple[Array, ...]  # decode step updates each layer in place instead of copying all
 
 
 def prefill(params: dict, prompt: Array, max_len: int) -> tuple[Cache, Array]:
@@ -208,34 +212,33 @@ def prefill(params: dict, prompt: Array, max_len: int) -> tuple[Cache, Array]:
     ks, vs = [], []
     for i in range(num_layers(params)):
         p = params[f"block_{i}"]
-        h = _layer_norm(p["ln1"], x)
-        q, k, v = _proj(p["q"], h), _proj(p["k"], h), _proj(p["v"], h)
+        q, k, v = _qkv(p, _layer_norm(p["ln1"], x))
         x = _ffn(p, x + _attn_out(p, _attend(q, k, v, mask)))
         pad = ((0, 0), (0, max_len - H), (0, 0), (0, 0))
         ks.append(jnp.pad(k, pad))
         vs.append(jnp.pad(v, pad))
-    return Cache(jnp.stack(ks), jnp.stack(vs)), _head(params, x[:, -1])
+    return Cache(tuple(ks), tuple(vs)), _head(params, x[:, -1])
 
 
 def decode(params: dict, cache: Cache, token: Array, pos: Array) -> tuple[Cache, Array]:
     """Feed ``token [N]`` at position ``pos``; return the updated cache and the log-probs
     ``[N, V]`` of the next token. One token-forward per row."""
     x = _embed(params, token[:, None], start=pos)  # [N, 1, d]
-    T = cache.k.shape[2]
+    T = cache.k[0].shape[1]
     mask = (jnp.arange(T) <= pos)[None, :]  # [1, T]
     ks, vs = [], []
     for i in range(num_layers(params)):
         p = params[f"block_{i}"]
-        h = _layer_norm(p["ln1"], x)
-        q, k, v = _proj(p["q"], h), _proj(p["k"], h), _proj(p["v"], h)
+        q, k, v = _qkv(p, _layer_norm(p["ln1"], x))
         kc = jax.lax.dynamic_update_slice_in_dim(cache.k[i], k, pos, axis=1)
         vc = jax.lax.dynamic_update_slice_in_dim(cache.v[i], v, pos, axis=1)
         ks.append(kc)
         vs.append(vc)
         x = _ffn(p, x + _attn_out(p, _attend(q, kc, vc, mask)))
-    return Cache(jnp.stack(ks), jnp.stack(vs)), _head(params, x[:, 0])
+    return Cache(tuple(ks), tuple(vs)), _head(params, x[:, 0])
 
 
 def repeat_cache(cache: Cache, k: int) -> Cache:
-    """Give each of N cached prompts ``k`` candidate rows: ``[L, N, ...] -> [L, N·k, ...]``."""
-    return Cache(jnp.repeat(cache.k, k, axis=1), jnp.repeat(cache.v, k, axis=1))
+    """Give each of N cached prompts ``k`` candidate rows: ``[N, ...] -> [N·k, ...]``."""
+    rep = lambda xs: tuple(jnp.repeat(x, k, axis=0) for x in xs)  # noqa: E731
+    return Cache(rep(cache.k), rep(cache.v))

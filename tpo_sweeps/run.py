@@ -115,16 +115,21 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
     """
     config_dict = C.as_dict(cfg)
     chash = db.config_hash(config_dict)
+    if cfg.db.stage and cfg.skip_completed:
+        main_engine = _open_main_for_reading(cfg)
+        if main_engine is not None:
+            found = db.find_run(main_engine, chash)
+            main_engine.dispose()
+            if found is not None and found[1] == db.COMPLETED:
+                log.info("skip: run %d (%s) is already completed", found[0], chash[:12])
+                return {"status": "skipped", "run_id": found[0]}
     url = staged_url(_job_dir()) if cfg.db.stage else cfg.db.url
-    main_engine = _open_main_for_reading(cfg) if cfg.db.stage else None
     engine = db.connect(url, cfg.db.busy_timeout_s, migrate=not _in_multirun())
     try:
-        if cfg.skip_completed:
-            for e in (main_engine, engine):
-                found = db.find_run(e, chash) if e is not None else None
-                if found is not None and found[1] == db.COMPLETED:
-                    log.info("skip: run %d (%s) is already completed", found[0], chash[:12])
-                    return {"status": "skipped", "run_id": found[0]}
+        found = db.find_run(engine, chash) if cfg.skip_completed else None
+        if found is not None and found[1] == db.COMPLETED:
+            log.info("skip: run %d (%s) is already completed", found[0], chash[:12])
+            return {"status": "skipped", "run_id": found[0]}
         _configure_jax(cfg.hardware, cfg.x64)
         fields = {
             **_promoted(cfg),
@@ -192,8 +197,6 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
         }
     finally:
         engine.dispose()
-        if main_engine is not None:
-            main_engine.dispose()
 
 
 def _train(cfg: C.Config, chash: str, signals: SlurmSignals, run_id: int):

@@ -58,6 +58,33 @@ def _last_line(error: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
+def _refresh(sweep: S.Sweep, args: argparse.Namespace, mark_dead: bool) -> str | None:
+    """Look the cells up in the database(s); returns an error message or None."""
+    from tpo_sweeps.merge import find_stores
+
+    url = args.db or sweep.db_url
+    engines = []
+    try:
+        try:
+            engines.append(db.connect(url, create=False, migrate=False))
+        except db.DatabaseUnavailable as e:
+            if "holds no tpo-sweeps results" not in str(e):
+                return str(e)
+            # nothing ran yet: every cell is missing
+        for store in find_stores([Path(d) for d in args.staged]):
+            engines.append(db.connect(f"sqlite:///{store}", create=False, migrate=False))
+        S.refresh(sweep, engines, args.stale_after)
+        if mark_dead and engines:
+            dead = [c.run_id for c in sweep.cells if c.status == S.DEAD]
+            n = db.mark_dead(engines[0], dead, "no heartbeat: the job died (marked by status)")
+            print(f"marked {n} dead run(s) failed", file=sys.stderr)
+            S.refresh(sweep, engines, args.stale_after)
+    finally:
+        for e in engines:
+            e.dispose()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not any(a.split("=")[0].lstrip("+") == "experiment" for a in args.overrides):
@@ -67,40 +94,25 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # bad override, unknown experiment: Hydra's message names it
         print(f"error: {db._first_line(e)}", file=sys.stderr)
         return 2
-    url = args.db or sweep.db_url
-    try:
-        engines = [db.connect(url, create=False, migrate=False)]
-    except db.DatabaseUnavailable as e:
-        if "holds no tpo-sweeps results" not in str(e):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        engines = []  # nothing ran yet: every cell is missing
-    from tpo_sweeps.merge import find_stores
-
-    for store in find_stores([Path(d) for d in args.staged]):
-        engines.append(db.connect(f"sqlite:///{store}", create=False, migrate=False))
-    try:
-        S.refresh(sweep, engines, args.stale_after)
-        if args.mark_dead and engines:
-            dead = [c.run_id for c in sweep.cells if c.status == S.DEAD]
-            n = db.mark_dead(engines[0], dead, "no heartbeat: the job died (marked by status)")
-            print(f"marked {n} dead run(s) failed", file=sys.stderr)
-            S.refresh(sweep, engines, args.stale_after)
-    finally:
-        for e in engines:
-            e.dispose()
+    error = _refresh(sweep, args, args.mark_dead)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     _print(sweep, args.json)
     if args.relaunch:
         commands = S.relaunch_commands(sweep)
         if not commands:
             print("nothing to relaunch", file=sys.stderr)
-        for argv_ in commands:
-            print(S.format_command(argv_))
+        for command in commands:
+            print(S.format_command(command), flush=True)
             if args.run:
-                rc = subprocess.call(argv_)
+                rc = subprocess.call(command)
                 if rc != 0:
                     print(f"relaunch exited with {rc}", file=sys.stderr)
                     return rc
+        if args.run and commands:
+            _refresh(sweep, args, mark_dead=False)
+            _print(sweep, args.json)
     counts = sweep.counts()
     return 0 if counts.get(db.COMPLETED, 0) == len(sweep.cells) else 1
 

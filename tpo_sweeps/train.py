@@ -139,7 +139,7 @@ def run(
         parts.append(jax.tree_util.tree_map(np.asarray, out))
         done += n
         if on_chunk is not None and done < T:
-            on_chunk(done, (carry, parts))
+            on_chunk(done, (carry, list(parts)))  # a snapshot, not the live list
     jax.block_until_ready(carry)
     run_s = time.perf_counter() - t0 - compile_s
     # scan stacks points first: [T, S] -> [S, T]

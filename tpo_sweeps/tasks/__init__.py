@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tpo_sweeps import config as C
-from tpo_sweeps.tasks import reversal, tabular
+from tpo_sweeps.tasks import mnist, reversal, tabular
 from tpo_sweeps.train import Program
 
 TASKS: dict[str, Callable[[C.Config], Program]] = {
     "tabular_single": tabular.single_context,
     "tabular_multi": tabular.multi_context,
     "reversal": reversal.reversal,
+    "mnist": mnist.mnist,
 }
 
 

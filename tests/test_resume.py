@@ -1,0 +1,94 @@
+"""Checkpoints: a run that dies mid-way resumes from its last checkpoint, not from zero, and
+ends with exactly the numbers of a run that was never interrupted."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from sqlalchemy import select
+
+from tpo_sweeps import config as C
+from tpo_sweeps import db, tasks
+from tpo_sweeps.checkpoint import Checkpointer
+from tpo_sweeps.run import _config_dir, run_job
+
+
+def _cfg(tmp_path, *overrides: str) -> C.Config:
+    C.register_configs()
+    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+        dcfg = compose(
+            "config",
+            overrides=[
+                "experiment=fig4_tabular_multi_smoke",
+                "algorithm=tpo",
+                "task.steps=60",
+                f"checkpoint.dir={tmp_path / 'ckpt'}",
+                "db.heartbeat_s=0",
+                *overrides,
+            ],
+        )
+    return C.to_config(dcfg)
+
+
+def _metrics(url: str) -> list[tuple]:
+    engine = db.connect(url, create=False)
+    try:
+        with engine.connect() as conn:
+            m = db.Metric
+            return conn.execute(
+                select(m.seed, m.name, m.step, m.value).order_by(m.seed, m.name, m.step)
+            ).all()
+    finally:
+        engine.dispose()
+
+
+def test_crashed_run_resumes_from_its_checkpoint(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    crashing = _cfg(tmp_path, f"db.url={url}", "checkpoint.every=10", "debug.crash_at=30")
+    with pytest.raises(RuntimeError, match="crash injected at point 30"):
+        run_job(crashing)
+    chash = db.config_hash(C.as_dict(crashing))
+    engine = db.connect(url)
+    assert db.find_run(engine, chash)[1] == db.FAILED
+    engine.dispose()
+    ckpt = Checkpointer(crashing.checkpoint.dir, chash)
+    program = tasks.build(crashing)
+    saved = ckpt.load(program, np.arange(crashing.num_seeds))
+    assert saved is not None and saved[0] == 30
+
+    again = _cfg(tmp_path, f"db.url={url}", "checkpoint.every=10")
+    assert db.config_hash(C.as_dict(again)) == chash  # debug/checkpoint keys are not semantic
+    out = run_job(again)
+    assert out["status"] == "completed" and out["resumed_from"] == 30
+    assert not ckpt.dir.exists()  # removed once the run completed (checkpoint.keep=false)
+
+    fresh_url = f"sqlite:///{tmp_path / 'b.sqlite'}"
+    assert run_job(_cfg(tmp_path, f"db.url={fresh_url}"))["resumed_from"] == 0
+    resumed, fresh = _metrics(url), _metrics(fresh_url)
+    assert len(resumed) == len(fresh) == 2 * 60 * 2
+    assert resumed == fresh
+
+
+def test_a_checkpoint_of_another_shape_is_ignored(tmp_path, caplog):
+    cfg = _cfg(tmp_path, "checkpoint.every=10")
+    program = tasks.build(cfg)
+    from tpo_sweeps import train
+
+    states = []
+    # the metrics list grows after the call: keep a copy, as a save at the time would
+    train.run(
+        program,
+        np.arange(2),
+        chunk=10,
+        on_chunk=lambda d, s: states.append((d, (s[0], list(s[1])))),
+    )
+    ckpt = Checkpointer(tmp_path / "ckpt", "h")
+    ckpt.save(*states[1])
+    assert ckpt.load(program, np.arange(2))[0] == 20
+    with caplog.at_level(logging.WARNING, logger="tpo_sweeps"):
+        assert ckpt.load(program, np.arange(3)) is None  # three seeds: different leaf shapes
+    assert "ignoring checkpoint" in caplog.text
+    assert Checkpointer(tmp_path / "ckpt", "other").load(program, np.arange(2)) is None

@@ -1,0 +1,173 @@
+"""The SLURM path for real: multiruns with ``hardware=slurm_gpu`` on the single-node cluster
+that slurm/cluster.sh starts (CPU jobs; the "GPUs" are fake GRES devices).
+
+* every cell of a sweep lands in the database, a cell made to fail is stored as failed with its
+  error (SLURM accounting calls that job COMPLETED), and the status command relaunches just it;
+* a job requeued mid-run, by ``scontrol requeue`` (SIGTERM, then SIGKILL after KillWait) or by
+  a preemption signal that submitit handles (SIGUSR2: checkpoint and requeue), resumes from its
+  last checkpoint and completes exactly once, with no duplicate rows.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from services.require import service_or_skip
+from sqlalchemy import func, select
+
+from tpo_sweeps import db, status
+
+pytestmark = pytest.mark.slurm
+
+# small jobs on a small node: the preset asks for 8 CPUs and 32 GB
+SLURM = [
+    "hardware=slurm_gpu",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=15",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    up = False
+    if shutil.which("sinfo"):
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10
+        )
+        up = any(s in ("idle", "mix", "alloc") for s in out.stdout.split())
+    service_or_skip("SLURM", up, "start one with slurm/cluster.sh start (root, Debian)")
+
+
+def _multirun(tmp_path: Path, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tpo_sweeps", "-m", *args, *SLURM, f"hydra.sweep.dir={tmp_path}/mr"],
+        stdout=open(tmp_path / "launcher.log", "w"),
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        **kw,
+    )
+
+
+def _runs(url: str) -> list:
+    engine = db.connect(url, create=False, migrate=False)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                select(
+                    db.Run.id, db.Run.algorithm, db.Run.status, db.Run.error, db.Run.slurm_job_id
+                ).order_by(db.Run.id)
+            ).all()
+    finally:
+        engine.dispose()
+
+
+def _count(url: str, table) -> int:
+    engine = db.connect(url, create=False, migrate=False)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(table)).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_sweep_on_slurm_stores_every_cell_and_the_failure(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the relaunched multirun writes its sweep dir here
+    url = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    sweep = ["experiment=fig3_tabular_single_smoke", "algorithm=tpo,grpo,pg", f"db.url={url}"]
+    proc = _multirun(tmp_path, *sweep, "debug.fail_algorithms=[pg]", "db.heartbeat_s=1")
+    assert proc.wait(timeout=300) != 0  # Hydra reports the failed job
+    runs = {r.algorithm: r for r in _runs(url)}
+    assert {a: r.status for a, r in runs.items()} == {
+        "tpo": "completed",
+        "grpo": "completed",
+        "pg": "failed",
+    }
+    assert "failure injected on purpose" in runs["pg"].error
+    assert all(r.slurm_job_id for r in runs.values())  # each ran as a SLURM job
+
+    # relaunch only the failed cell, on SLURM again, without the injected failure
+    assert status.main([*sweep, *SLURM, "--relaunch", "--run"]) == 0
+    (command,) = [x for x in capsys.readouterr().out.splitlines() if "-m tpo_sweeps -m" in x]
+    assert "algorithm=pg" in command and "algorithm=tpo" not in command
+    assert "hardware=slurm_gpu" in command
+    after = _runs(url)
+    assert [r.status for r in after] == ["completed"] * 3
+    assert {r.algorithm: r.id for r in after} == {a: r.id for a, r in runs.items()}
+    assert _count(url, db.Metric) == 3 * 80  # 2 seeds x 20 steps x 2 metrics per cell, once
+
+
+EVERY, LOG_EVERY, SEEDS = 20_000, 1000, 4
+
+
+# scontrol requeue: the job must still be running when SIGKILL comes KillWait (10 s) after
+# the SIGTERM, so that it really dies mid-run: ~30 s of training here, ~12k points/s.
+# The preemption signal ends the job at once, so a shorter run does.
+@pytest.mark.parametrize(
+    "how,steps", [("scontrol_requeue", 400_000), ("preemption_signal", 200_000)]
+)
+def test_requeued_job_resumes_from_its_checkpoint_and_completes_once(tmp_path, how, steps):
+    url = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    ckpt = tmp_path / "ckpt"
+    t0 = time.monotonic()
+    proc = _multirun(
+        tmp_path,
+        "experiment=fig4_tabular_multi",
+        "algorithm=tpo",
+        f"num_seeds={SEEDS}",
+        f"task.steps={steps}",
+        f"log_every={LOG_EVERY}",
+        f"checkpoint.every={EVERY}",
+        f"checkpoint.dir={ckpt}",
+        f"db.url={url}",
+        "db.heartbeat_s=1",
+        "progress.sweep_every_s=5",
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(ckpt.glob("*/state.npz")):  # the first checkpoint is on disk
+            assert proc.poll() is None, (tmp_path / "launcher.log").read_text()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+        (run,) = _runs(url)
+        assert run.status == db.RUNNING
+        if how == "scontrol_requeue":  # SIGTERM now, SIGKILL after KillWait, then requeue
+            subprocess.run(["scontrol", "requeue", run.slurm_job_id], check=True, timeout=60)
+        else:  # what submitit does for a preemption test: SIGTERM, then SIGUSR2
+            for sig in ("SIGTERM", "USR2"):
+                subprocess.run(["scancel", "--signal", sig, run.slurm_job_id], check=True)
+        seen = []
+        while proc.poll() is None:
+            (row,) = _runs(url)
+            if not seen or seen[-1] != row.status:
+                seen.append(row.status)
+            assert time.monotonic() - t0 < 480, seen
+            time.sleep(0.25)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    elapsed = time.monotonic() - t0
+    log = (tmp_path / "launcher.log").read_text()
+    assert proc.returncode == 0, log
+    job_logs = "".join(p.read_text() for p in sorted((tmp_path / "mr").rglob("*_log.*")))
+
+    # the interruption was recorded, the run went back to running and then completed
+    assert db.PREEMPTED in seen and seen[-1] == db.COMPLETED, seen
+    assert seen.index(db.PREEMPTED) < len(seen) - 1
+    # it resumed from a checkpoint rather than from zero
+    resumed = [int(m) for m in re.findall(r"resumes from its checkpoint at point (\d+)", job_logs)]
+    assert len(resumed) == 1 and resumed[0] >= EVERY, job_logs[-3000:]
+    # ... and completed exactly once, into one row, with every metric row once
+    assert job_logs.count("metric rows ->") == 1
+    (final,) = _runs(url)
+    assert final.id == run.id and final.status == db.COMPLETED
+    points = len(range(0, steps, LOG_EVERY)) + (1 if (steps - 1) % LOG_EVERY else 0)
+    assert _count(url, db.Metric) == SEEDS * 2 * points
+    assert not list(ckpt.glob("*/state.npz"))  # removed once completed
+    print(f"\n[requeue by {how}] resumed at point {resumed[0]}, statuses {seen}, {elapsed:.0f} s")
