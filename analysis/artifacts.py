@@ -518,5 +518,8 @@ _register(
 )
 
 
+# MNIST artefacts (Figs 1a, 5a, 5b) register themselves here.
+import analysis.mnist  # noqa: E402, F401
+
 # Token-reversal artefacts (Figs 1b, 6–9, 11–18, Tables 1–3, 5) register themselves here.
 import analysis.reversal  # noqa: E402, F401

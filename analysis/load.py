@@ -174,7 +174,9 @@ def runs(
         statuses = [status] if isinstance(status, str) else list(status)
         where.append("status IN :statuses")
         params["statuses"] = statuses
-    sql = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
+    # quoted: PostgreSQL folds unquoted identifiers to lower case (the K, H, V columns)
+    quoted = ", ".join('"' + c + '"' for c in _RUN_COLUMNS)
+    sql = f"SELECT {quoted} FROM runs"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY id"

@@ -3,9 +3,10 @@
 It writes its cells through the same calls a job makes (connect, find_run, start_run,
 finish_run) so the test exercises the real write path: schema creation racing 31 other
 processes on an empty database, then one transaction per run. Writer ``i`` owns cells
-``i*k .. i*k+k-1`` and also writes the first cell of writer ``i+1``, so every such cell is
-written by two processes at about the same time (the duplicate a requeue or a relaunch can
-cause). Values encode (cell, seed, step) so the test can tell misplaced rows from right ones.
+``i*k .. i*k+k-1`` and, before them, the first cell of writer ``i+1``, which that writer
+also writes first: every such cell is written by two processes at the same moment (the
+duplicate that a requeue or a relaunch racing a live job can cause). Values encode
+(cell, seed, step), so the test can tell a misplaced row from a right one.
 
 Usage: python tests/concurrent_writer.py URL INDEX WRITERS CELLS STEPS BARRIER_DIR
 It creates BARRIER_DIR/ready-INDEX once imported, then waits for BARRIER_DIR/go, so that all
@@ -79,8 +80,8 @@ def main() -> None:
         time.sleep(0.005)
     t0 = time.perf_counter()
     engine = db.connect(url, busy_timeout_s=60.0)
-    mine = list(range(index * cells, (index + 1) * cells))
-    mine.append(((index + 1) % writers) * cells)  # a neighbour's cell: written twice
+    # first the neighbour's first cell, which the neighbour also writes first: a real race
+    mine = [((index + 1) % writers) * cells, *range(index * cells, (index + 1) * cells)]
     written = skipped = 0
     for cell in mine:
         if write_cell(engine, cell, steps):

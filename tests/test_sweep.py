@@ -144,3 +144,23 @@ def test_staged_sweep_merges_into_the_main_database_idempotently(tmp_path):
     )
     assert rerun.returncode == 0
     assert (rerun.stdout + rerun.stderr).count("is already completed") == 2
+
+
+@pytest.mark.parametrize("hardware", ["cpu", "local_submitit", "slurm_gpu"])
+def test_hardware_options_compose_and_site_keys_reach_sbatch(hardware):
+    from hydra import compose, initialize_config_dir
+
+    from tpo_sweeps import config as C
+    from tpo_sweeps.run import _config_dir
+
+    C.register_configs()
+    site = ["hardware.partition=gpu", "hardware.account=proj"]
+    overrides = ["experiment=fig3_tabular_single_smoke", f"hardware={hardware}", *site]
+    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+        launcher = compose("config", overrides=overrides, return_hydra_config=True).hydra.launcher
+        assert C.to_config(compose("config", overrides=overrides)).hardware.name == hardware
+    if hardware == "slurm_gpu":  # only the SLURM launcher has (and gets) the site keys
+        assert (launcher.partition, launcher.account, launcher.qos) == ("gpu", "proj", None)
+        assert launcher.gpus_per_node == 1
+    else:
+        assert "partition" not in launcher

@@ -74,22 +74,13 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._end()
 
-    def _engines(self) -> list:
-        from tpo_sweeps import db
-        from tpo_sweeps.merge import find_stores
-
-        engines = [db.connect(self._url, create=False, migrate=False)]
-        if self._stage and self._sweep_dir is not None:
-            for store in find_stores([self._sweep_dir]):
-                engines.append(db.connect(f"sqlite:///{store}", create=False, migrate=False))
-        return engines
-
     def _report(self, final: bool = False) -> None:
         from tpo_sweeps import sweep as S
 
         engines = []
         try:
-            engines = self._engines()
+            staged = [self._sweep_dir] if self._stage and self._sweep_dir is not None else []
+            engines = S.open_databases(self._url, staged)
             S.refresh(self._sweep, engines)
         except Exception as e:  # progress is a courtesy: never break the sweep for it
             log.warning("sweep progress unavailable: %s", e)

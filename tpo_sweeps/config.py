@@ -155,6 +155,7 @@ class ReversalConfig(TaskConfig):
     match: str = "prompts"  # prompts | interactions: single-sample methods get B·K, lr·√K (§5)
     diagnostics: bool = False  # log §4 diagnostics (grad norm, success/zero-var, weights)
     std_threshold: float = 1e-6  # σ ≤ this counts a group as zero-variance (diagnostics)
+    cached_sampler: bool = True  # KV cache; false = re-run the full pass per token (authors')
     model: TransformerConfig = field(default_factory=TransformerConfig)
 
 
@@ -240,7 +241,7 @@ class HardwareConfig:
 class DBConfig:
     url: str = "sqlite:///results/tpo.sqlite"  # any SQLAlchemy URL (sqlite, postgresql+psycopg)
     busy_timeout_s: float = 30.0  # SQLite: wait this long for a lock before failing
-    heartbeat_s: float = 60.0  # a running job refreshes runs.heartbeat_at this often (s)
+    heartbeat_s: float = 60.0  # a running job refreshes runs.heartbeat_at this often (s); 0 = off
     stage: bool = False  # write results.sqlite in each job's output dir, merge into url at end
 
 

@@ -63,6 +63,10 @@ class DatabaseUnavailable(RuntimeError):
     """``db.url`` cannot be opened or is not a results database; the message names it."""
 
 
+class NoResults(DatabaseUnavailable):
+    """``db.url`` opens but holds no tpo-sweeps schema yet (and ``create`` was false)."""
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -246,7 +250,7 @@ def _ensure_schema(engine: Engine, create: bool, migrate: bool) -> None:
         return
     _check_usable(engine, version, tables)
     if version is None and not create:
-        raise DatabaseUnavailable(f"db.url '{engine.url!r}' holds no tpo-sweeps results")
+        raise NoResults(f"db.url '{engine.url!r}' holds no tpo-sweeps results")
     if version is not None and not migrate:
         raise DatabaseUnavailable(
             f"db.url '{engine.url!r}' has results schema version {version}, this tpo-sweeps "

@@ -106,6 +106,15 @@ def _open_main_for_reading(cfg: C.Config):
         return None
 
 
+def _completed_run(engine, chash: str) -> dict | None:
+    """The skip result if ``chash`` is completed in ``engine``'s database, else None."""
+    found = db.find_run(engine, chash)
+    if found is None or found[1] != db.COMPLETED:
+        return None
+    log.info("skip: run %d (%s) is already completed", found[0], chash[:12])
+    return {"status": "skipped", "run_id": found[0]}
+
+
 def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
     """Run one job described by a typed config; returns a small status dict.
 
@@ -118,18 +127,16 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
     if cfg.db.stage and cfg.skip_completed:
         main_engine = _open_main_for_reading(cfg)
         if main_engine is not None:
-            found = db.find_run(main_engine, chash)
+            done = _completed_run(main_engine, chash)
             main_engine.dispose()
-            if found is not None and found[1] == db.COMPLETED:
-                log.info("skip: run %d (%s) is already completed", found[0], chash[:12])
-                return {"status": "skipped", "run_id": found[0]}
+            if done is not None:
+                return done
     url = staged_url(_job_dir()) if cfg.db.stage else cfg.db.url
     engine = db.connect(url, cfg.db.busy_timeout_s, migrate=not _in_multirun())
     try:
-        found = db.find_run(engine, chash) if cfg.skip_completed else None
-        if found is not None and found[1] == db.COMPLETED:
-            log.info("skip: run %d (%s) is already completed", found[0], chash[:12])
-            return {"status": "skipped", "run_id": found[0]}
+        done = _completed_run(engine, chash) if cfg.skip_completed else None
+        if done is not None:
+            return done
         _configure_jax(cfg.hardware, cfg.x64)
         fields = {
             **_promoted(cfg),
@@ -244,6 +251,8 @@ def _train(cfg: C.Config, chash: str, signals: SlurmSignals, run_id: int):
 
     try:
         result = train.run(program, seeds, cfg.log_every, chunk, on_chunk, start)
+        if progress is not None:
+            progress.update(total)  # on_chunk is not called after the last chunk
     except SystemExit:  # submitit requeues after SIGUSR2: keep the newest state
         if ckpt is not None and last is not None and last[0] > saved:
             ckpt.save(*last)

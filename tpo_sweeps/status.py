@@ -60,19 +60,11 @@ def _last_line(error: str | None) -> str | None:
 
 def _refresh(sweep: S.Sweep, args: argparse.Namespace, mark_dead: bool) -> str | None:
     """Look the cells up in the database(s); returns an error message or None."""
-    from tpo_sweeps.merge import find_stores
-
-    url = args.db or sweep.db_url
-    engines = []
     try:
-        try:
-            engines.append(db.connect(url, create=False, migrate=False))
-        except db.DatabaseUnavailable as e:
-            if "holds no tpo-sweeps results" not in str(e):
-                return str(e)
-            # nothing ran yet: every cell is missing
-        for store in find_stores([Path(d) for d in args.staged]):
-            engines.append(db.connect(f"sqlite:///{store}", create=False, migrate=False))
+        engines = S.open_databases(args.db or sweep.db_url, [Path(d) for d in args.staged])
+    except db.DatabaseUnavailable as e:
+        return str(e)
+    try:
         S.refresh(sweep, engines, args.stale_after)
         if mark_dead and engines:
             dead = [c.run_id for c in sweep.cells if c.status == S.DEAD]

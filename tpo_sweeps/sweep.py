@@ -15,6 +15,7 @@ import shlex
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -170,6 +171,21 @@ def refresh(sweep: Sweep, engines: list, stale_after_s: float | None = None) -> 
             if (now - row.heartbeat_at).total_seconds() > stale:
                 cell.status = DEAD
     return sweep
+
+
+def open_databases(url: str, staged: list[Path]) -> list:
+    """Engines on the main database (none if nothing was written to it yet) and on the
+    staged per-job stores (``db.stage=true``) under the directories ``staged``."""
+    from tpo_sweeps.merge import find_stores
+
+    engines = []
+    try:
+        engines.append(db.connect(url, create=False, migrate=False))
+    except db.NoResults:
+        pass
+    for store in find_stores(staged):
+        engines.append(db.connect(f"sqlite:///{store}", create=False, migrate=False))
+    return engines
 
 
 def relaunch_blocks(cells: list[Cell]) -> list[list[str]]:

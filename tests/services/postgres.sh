@@ -71,6 +71,7 @@ CONF
 cmd_stop() {
   local bin; bin=$(bindir)
   [ -n "$bin" ] && [ -s "$STATE/data/PG_VERSION" ] || return 0
+  rm -f "$STATE/url"   # the tests read it to find the server
   as_owner "$bin/pg_ctl -D '$STATE/data' -m fast stop" >/dev/null 2>&1 && say "stopped" || true
 }
 

@@ -240,7 +240,7 @@ def mechanism_gains(hp: C.AlgorithmConfig, pi: Array, labels: Array):
     sq = jnp.sum(pi * pi, axis=-1)
     vv = 1.0 - 2.0 * p + sq  # ‖e_y − π‖²
     cross = jnp.sum(alpha * (1.0 - onehot) * ((p - sq)[..., None] + pi), axis=-1)
-    return p * (c * vv + cross), p * beta_sym * vv
+    return p * (c * vv + cross), p * (beta_sym * vv)
 
 
 def concentration(pi: Array, labels: Array) -> Array:
@@ -322,7 +322,9 @@ def mnist(cfg: C.Config) -> Program:
         params, opt_state, key = carry
         batch_key, action_key = jax.random.split(jax.random.fold_in(key, k))
         idx = jax.random.randint(batch_key, (B,), 0, n_train)
-        x, y = pixels(jnp.take(x_train, idx, axis=0)), jnp.take(y_train, idx)
+        # indices from randint are in range: no bounds handling in the gather
+        x = pixels(x_train.at[idx].get(mode="promise_in_bounds"))
+        y = y_train.at[idx].get(mode="promise_in_bounds")
         logp = jax.nn.log_softmax(mlp_logits(params, x))
         actions = categorical_rows(action_key, logp)
         rows, batch = bandit_batch(algo, task, logp, actions, y)

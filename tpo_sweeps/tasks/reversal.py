@@ -105,8 +105,12 @@ def episode_prompts(key: Array, t: Array, n: int, H: int, V: int) -> tuple[Array
     return jax.random.randint(pkey, (n, H), 0, V), skey
 
 
-def generate(params: dict, prompts: Array, key: Array, k: int, extra: int = 0):
+def generate(
+    params: dict, prompts: Array, key: Array, k: int, extra: int = 0, cached: bool = True
+):
     """Sample ``k`` answers per prompt with the KV cache; the prompt is encoded once.
+    ``cached=False`` re-runs the full sequence at every step, as the authors' code does
+    (same draws, same random numbers; for tests and comparisons).
 
     Returns tokens ``[N, k, H]`` and their log-probs ``[N, k, H]``; with ``extra > 0`` also
     ``extra`` additional next-token candidates at every prefix, ``[N, k, H, extra]`` with
@@ -114,9 +118,15 @@ def generate(params: dict, prompts: Array, key: Array, k: int, extra: int = 0):
     """
     params = jax.lax.stop_gradient(params)
     N, H = prompts.shape
-    cache, lp = M.prefill(params, prompts, 2 * H)
-    cache = M.repeat_cache(cache, k)
-    lp = jnp.repeat(lp, k, axis=0)  # [N·k, V]
+    if cached:
+        cache, lp = M.prefill(params, prompts, 2 * H)
+        cache = M.repeat_cache(cache, k)
+        lp = jnp.repeat(lp, k, axis=0)  # [N·k, V]
+    else:
+        # the authors' sampler: a zero-filled 2H buffer per candidate, re-run in full at
+        # every generation step (kept as the reference the cached path is tested against)
+        cache = jnp.concatenate([jnp.repeat(prompts, k, 0), jnp.zeros((N * k, H), int)], 1)
+        lp = M.forward(params, cache)[:, H - 1]
 
     def draw(lp, t):
         kt = jax.random.fold_in(key, t)
@@ -130,7 +140,11 @@ def generate(params: dict, prompts: Array, key: Array, k: int, extra: int = 0):
     def body(carry, t):
         cache, lp = carry
         out = draw(lp, t)
-        cache, lp = M.decode(params, cache, out[0], H + t)
+        if cached:
+            cache, lp = M.decode(params, cache, out[0], H + t)
+        else:
+            cache = cache.at[:, H + t].set(out[0])
+            lp = M.forward(params, cache)[:, H + t]
         return (cache, lp), out
 
     # H-1 decode steps: the last sampled token is never fed back (it predicts nothing)
@@ -179,13 +193,13 @@ def reversal(cfg: C.Config) -> Program:
     def rollout(params, prompts, targets, key):
         """-> logp_of, batch, error, success [rows, cands] (diagnostics), rewards."""
         if mode == "sequence":
-            toks, tok_lp, _, _ = generate(params, prompts, key, K)
+            toks, tok_lp, _, _ = generate(params, prompts, key, K, cached=task.cached_sampler)
             r = token_rewards(toks, targets[:, None], task.reward)  # [B, K, H]
             batch = A.make_batch(tok_lp.sum(-1), r.mean(-1))
             logp_of = lambda p: M.answer_token_logp(p, prompts, toks).sum(-1)  # noqa: E731
             return logp_of, batch, 1.0 - r.mean(), jnp.all(toks == targets[:, None], -1)
         toks, tok_lp, cand, cand_lp = generate(
-            params, prompts, key, 1, extra=K - 1 if mode == "token" else 0
+            params, prompts, key, 1, K - 1 if mode == "token" else 0, task.cached_sampler
         )
         toks, tok_lp = toks[:, 0], tok_lp[:, 0]  # [B, H]
         r = token_rewards(toks, targets, task.reward)
