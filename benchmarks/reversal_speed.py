@@ -67,8 +67,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--episodes", type=int, default=5)
     ap.add_argument("--only", default="")
+    ap.add_argument(
+        "--seed-batch", type=int, default=1, help="seeds per vmapped group (0 = all in one vmap)"
+    )
     args = ap.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, seeds={args.seeds}")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind}, seeds={args.seeds}, "
+        f"seed batch={args.seed_batch or 'all'}, episodes={args.episodes}"
+    )
     print(
         f"{'setting':24s} {'compile s':>9s} {'s/seed-ep':>10s} {'authors':>8s} {'speed-up':>8s}"
         f" {'tok-fwd ours':>12s} {'authors':>10s} {'cpu s':>8s}"
@@ -80,7 +86,10 @@ def main() -> None:
         cfg = C.Config(algorithm=hp, task=task, optimizer=C.MuonConfig())
         program = tasks.build(cfg)
         keys = seed_keys(np.arange(args.seeds))
-        fn = jax.jit(jax.vmap(program.train))
+        if args.seed_batch:
+            fn = jax.jit(lambda k: jax.lax.map(program.train, k, batch_size=args.seed_batch))
+        else:
+            fn = jax.jit(jax.vmap(program.train))
         t0 = time.perf_counter()
         compiled = fn.lower(keys).compile()
         compile_s = time.perf_counter() - t0

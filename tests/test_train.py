@@ -345,3 +345,17 @@ def test_algorithm_options_cover_the_registry():
     # the sweep above is not vacuous, and every option is a registered algorithm
     assert len(ALGORITHM_OPTIONS) >= 12
     assert set(ALGORITHM_OPTIONS) <= set(ALGORITHMS)
+
+
+def test_seed_batches_equal_one_vmap():
+    """hardware.seed_batch: seeds in lockstep groups (lax.map) give the vmap's numbers."""
+    cfg = C.Config(
+        algorithm=C.TPOConfig(name="tpo"),
+        task=C.TabularSingleConfig(steps=15, num_actions=10, batch_size=16),
+        optimizer=C.NormalizedStepConfig(),
+    )
+    program = tasks.build(cfg)
+    together = train.run(program, np.arange(5))
+    grouped = train.run(program, np.arange(5), seed_batch=2)
+    for name in together.metrics:
+        np.testing.assert_allclose(grouped.metrics[name], together.metrics[name], atol=1e-6)

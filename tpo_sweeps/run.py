@@ -250,7 +250,9 @@ def _train(cfg: C.Config, chash: str, signals: SlurmSignals, run_id: int):
             raise RuntimeError(f"debug.crash_at={crash}: crash injected at point {done}")
 
     try:
-        result = train.run(program, seeds, cfg.log_every, chunk, on_chunk, start)
+        result = train.run(
+            program, seeds, cfg.log_every, chunk, on_chunk, start, cfg.hardware.seed_batch
+        )
         if progress is not None:
             progress.update(total)  # on_chunk is not called after the last chunk
     except SystemExit:  # submitit requeues after SIGUSR2: keep the newest state

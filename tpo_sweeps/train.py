@@ -104,13 +104,15 @@ def run(
     chunk: int | None = None,
     on_chunk: Callable[[int, Any], None] | None = None,
     start: tuple[int, Any] | None = None,
+    seed_batch: int = 0,
 ) -> Result:
     """Run ``program`` for all ``seeds`` in one compiled program; subsample every ``log_every``.
 
     With ``chunk``, the scan runs ``chunk`` points at a time (one compilation per distinct
     chunk length) and ``on_chunk(points_done, state)`` is called between chunks with the
     host-side state ``(carry, metrics so far)``: the hook for checkpoints and progress.
-    ``start = (points_done, state)`` resumes from such a state.
+    ``start = (points_done, state)`` resumes from such a state. ``seed_batch`` > 0 runs
+    the seeds in lockstep groups of that size, one group after another, in the same program.
     """
     seeds = np.asarray(seeds)
     keys = seed_keys(seeds)
@@ -118,7 +120,13 @@ def run(
     chunk = T if not chunk or chunk >= T else chunk
 
     def segment(carry, ts):
-        return jax.lax.scan(jax.vmap(program.step, in_axes=(0, None)), carry, ts)
+        if not seed_batch or seed_batch >= len(seeds):
+            return jax.lax.scan(jax.vmap(program.step, in_axes=(0, None)), carry, ts)
+        # groups of seed_batch seeds one after another; points first, as the vmap path
+        carry, out = jax.lax.map(
+            lambda c: jax.lax.scan(program.step, c, ts), carry, batch_size=seed_batch
+        )
+        return carry, jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
     seg = jax.jit(segment)
     t0 = time.perf_counter()
