@@ -1,10 +1,12 @@
 """Seconds per seed-episode of the token-reversal trainer, beside the authors' code.
 
-    python benchmarks/reversal_speed.py [--seeds 2] [--episodes 5] [--only tpo_terminal]
+    python benchmarks/reversal_speed.py [--seeds 4] [--episodes 3] [--seed-batch 1]
+                                        [--only tpo_terminal,ppo_terminal]
 
-``cpu s`` is process CPU time per seed-episode (all threads): steadier than wall time on a
-busy machine, for before/after comparisons. Each setting is compiled once (compile time reported separately), run once to warm up,
-then timed over ``--episodes`` episodes for ``--seeds`` seeds in one vmapped program.
+Each setting is compiled once (compile time reported separately), run once to warm up, then
+timed over ``--episodes`` episodes for ``--seeds`` seeds in one compiled program (groups of
+``--seed-batch`` seeds in lockstep; 0 = one vmap over all). ``cpu s`` is process CPU time
+per seed-episode (all threads): steadier than wall time on a busy machine.
 Also prints the token forward passes one episode needs in each implementation (counted
 from the algorithms, not measured): ours uses a KV-cached sampler, encodes each shared
 prompt once per group in sampling and in the update, keeps the rollout log-probs, and
@@ -15,6 +17,7 @@ each of the H generation steps for every candidate.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
@@ -87,7 +90,8 @@ def main() -> None:
         program = tasks.build(cfg)
         keys = seed_keys(np.arange(args.seeds))
         if args.seed_batch:
-            fn = jax.jit(lambda k: jax.lax.map(program.train, k, batch_size=args.seed_batch))
+            batched = functools.partial(jax.lax.map, program.train, batch_size=args.seed_batch)
+            fn = jax.jit(batched)
         else:
             fn = jax.jit(jax.vmap(program.train))
         t0 = time.perf_counter()

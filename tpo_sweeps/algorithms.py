@@ -46,7 +46,7 @@ class Algorithm:
     loss: Callable[[Array, Batch, Array, Any], Array]
     # per-candidate weight the update puts on each candidate (diagnostics, §4.1): q for
     # target methods, |A| for scalar-weighted ones, |σ(A·ℓ_s/η)·A| for DG
-    candidate_weight: Callable[[Batch, Array, Any], Array] = lambda batch, signal, hp: jnp.abs(signal)
+    candidate_weight: Callable[[Batch, Array, Any], Array] = lambda b, signal, hp: jnp.abs(signal)
 
 
 def _single_adv(batch: Batch, hp) -> Array:
