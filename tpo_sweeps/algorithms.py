@@ -65,8 +65,9 @@ def _group_adv(batch: Batch, hp: C.GRPOConfig) -> Array:
     return L.sg(L.standardize(batch.scores, guard=hp.std_eps_mode, eps=eps, weight=batch.weight))
 
 
-def _grpo_loss(logp: Array, batch: Batch, adv: Array, hp: C.GRPOConfig) -> Array:
-    per_row = L.clipped_surrogate_loss(
+def _clipped(logp: Array, batch: Batch, adv: Array, hp: C.ClippedConfig) -> Array:
+    """PPO and (unmasked) GRPO: the clipped surrogate with the option's ε, β and clamp."""
+    return L.clipped_surrogate_loss(
         logp,
         batch.logp_old,
         adv,
@@ -75,6 +76,10 @@ def _grpo_loss(logp: Array, batch: Batch, adv: Array, hp: C.GRPOConfig) -> Array
         kl_beta=hp.kl_beta,
         log_ratio_clamp=hp.log_ratio_clamp,
     )
+
+
+def _grpo_loss(logp: Array, batch: Batch, adv: Array, hp: C.GRPOConfig) -> Array:
+    per_row = _clipped(logp, batch, adv, hp)
     if not hp.mask_zero_variance:
         return per_row
     # zv-masked GRPO (§4.2): drop rows whose scores have no spread, and average over the
@@ -105,18 +110,6 @@ def _batch_std_signal(batch: Batch, hp: C.BatchStdPGConfig) -> Array:
 
 def _reinforce(logp, batch, adv, hp):
     return L.reinforce_loss(logp, adv, batch.weight)
-
-
-def _ppo(logp, batch, adv, hp: C.PPOConfig):
-    return L.clipped_surrogate_loss(
-        logp,
-        batch.logp_old,
-        adv,
-        batch.weight,
-        clip_eps=hp.clip_eps,
-        kl_beta=hp.kl_beta,
-        log_ratio_clamp=hp.log_ratio_clamp,
-    )
 
 
 def _dg(logp, batch, adv, hp: C.DGConfig):
@@ -150,7 +143,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "grpo_token": _GRPO,
     "grpo_token_no_kl": _GRPO,
     "group_pg": Algorithm("group", C.GroupPGConfig, _group_pg_signal, _reinforce),
-    "ppo": Algorithm("single", C.PPOConfig, _single_adv, _ppo),
+    "ppo": Algorithm("single", C.PPOConfig, _single_adv, _clipped),
     "pg": Algorithm("single", C.PGConfig, _single_adv, _reinforce),
     "reinforce": Algorithm("single", C.PGConfig, _single_adv, _reinforce),
     "dg": _DG,
