@@ -89,12 +89,7 @@ def available(engine: Engine) -> list[str]:
 
 
 def _cfg(config: dict, dotted: str, default="?"):
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
+    return load.config_value(config, dotted, default)
 
 
 def _alpha(config: dict) -> str:

@@ -119,10 +119,14 @@ def test_interaction_matching_scales_single_sample_methods_only():
     assert R.interaction_scaling(t, C.GRPOConfig(name="grpo")) == (100, 1.0)
     p = C.ReversalConfig(B=100, K=8, match="prompts")
     assert R.interaction_scaling(p, C.PPOConfig(name="ppo")) == (100, 1.0)
-    # the program really uses B·K rollouts: PPO's error is a mean over B·K·H token rewards
-    prog = tasks.build(_cfg(C.PPOConfig(name="ppo"), match="interactions", B=2, K=4, H=3))
-    errs = prog.train(jax.random.PRNGKey(0))["error"] * (2 * 4 * 3)
-    np.testing.assert_allclose(errs, np.round(errs), atol=1e-4)
+    # the program really uses B·K rollouts: PPO's error is a mean over B·K·H = 24 token
+    # rewards, so it takes values k/24 that B·H = 6 rewards could not produce
+    prog = tasks.build(
+        _cfg(C.PPOConfig(name="ppo"), match="interactions", B=2, K=4, H=3, steps=10)
+    )
+    errs = np.asarray(prog.train(jax.random.PRNGKey(0))["error"])
+    np.testing.assert_allclose(errs * 24, np.round(errs * 24), atol=1e-4)
+    assert not np.allclose(errs * 6, np.round(errs * 6), atol=1e-4)
 
 
 # each algorithm once, the rewards spread over them (a compile costs seconds on CI's CPU)
