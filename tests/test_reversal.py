@@ -72,7 +72,7 @@ def test_sampler_draws_from_the_policy(params):
     # one prompt, many rollouts: empirical first-token frequencies match the model's probs
     prompt = jnp.zeros((1, H), jnp.int32)
     toks, _, _, _ = R.generate(params, prompt, jax.random.PRNGKey(9), 4000)
-    probs = jnp.exp(M.prefill(params, prompt, 2 * H)[1][0])
+    probs = jnp.exp(M.prefill(params, prompt)[1][0])
     freq = jnp.bincount(toks[0, :, 0], length=V) / 4000
     np.testing.assert_allclose(freq, probs, atol=0.03)
 

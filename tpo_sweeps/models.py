@@ -13,7 +13,8 @@ Three ways to run it, all sharing the same layer code:
 * ``sequence_logp(params, prompt, answers)``: teacher-forced log-probs of K answers per
   prompt, with the shared prompt encoded **once per group** (its keys/values are broadcast to
   the K candidates) and without running the last answer token, which predicts nothing.
-* ``prefill`` + ``decode``: a KV-cached sampler (one token-forward per generated token).
+* ``prefill`` + ``decode``: a KV-cached group sampler (one token-forward per generated
+  token; the prompt is encoded and stored once for all of its candidates).
 
 Sequence layout: positions ``0..H-1`` hold the prompt, ``H..2H-1`` the answer; answer token
 ``t`` is predicted from the output at position ``H + t - 1``.
@@ -91,17 +92,76 @@ def num_layers(params: dict) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _layer_norm(p: dict, x: Array) -> Array:
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * p["scale"] + p["bias"]
+@jax.custom_vjp
+def dense(x: Array, w: Array, b: Array) -> Array:
+    """``x @ w + b`` for ``x [..., din]``, ``w [din, dout]``, with a backward pass built for
+    XLA:CPU: the weight and bias gradients come from one GEMM over ``[x | 1]``, transposing
+    whichever of ``x`` and the output gradient is smaller (autodiff's default transposes
+    the left operand whatever its size and sums the bias gradient separately)."""
+    return x @ w + b
+
+
+def _dense_fwd(x, w, b):
+    return x @ w + b, (x, w)
+
+
+def _dense_bwd(res, dy):
+    x, w = res
+    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    dx = (dy2 @ w.T).reshape(x.shape)
+    xa = jnp.concatenate([x2, jnp.ones((x2.shape[0], 1), x2.dtype)], axis=1)
+    if x2.shape[1] <= dy2.shape[1]:
+        g = xa.T @ dy2  # [din + 1, dout]
+        dw, db = g[:-1], g[-1]
+    else:
+        g = dy2.T @ xa  # [dout, din + 1]
+        dw, db = g[:, :-1].T, g[:, -1]
+    return dx, dw, db
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+@jax.custom_vjp
+def normalize(x: Array) -> Array:
+    """LayerNorm without its affine part: ``(x - mean) / sqrt(var + eps)`` over the last
+    axis, with a row-wise backward pass (no broadcast residuals kept)."""
+    return _normalize_fwd(x)[0]
+
+
+def _normalize_fwd(x):
+    xc = x - jnp.mean(x, axis=-1, keepdims=True)
+    r = jax.lax.rsqrt(jnp.mean(jnp.square(xc), axis=-1, keepdims=True) + LN_EPS)
+    xh = xc * r
+    return xh, (xh, r)
+
+
+def _normalize_bwd(res, g):
+    xh, r = res
+    mean_g = jnp.mean(g, axis=-1, keepdims=True)
+    mean_gx = jnp.mean(g * xh, axis=-1, keepdims=True)
+    return (r * (g - mean_g - xh * mean_gx),)
+
+
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+def _ln_dense(ln: dict, x: Array, w: Array, b: Array) -> Array:
+    """``Dense(LayerNorm(x))`` with the LayerNorm's scale and bias folded into the dense
+    weights: ``norm(x) @ (scale·w) + (bias @ w + b)``. The same function (up to float
+    rounding); the scale/bias gradients then come out of the weight GEMM instead of two
+    column sums over every token. ``w [din, ...]`` and ``b [...]`` may be multi-axis."""
+    w2 = w.reshape(w.shape[0], -1)
+    y = dense(normalize(x), ln["scale"][:, None] * w2, ln["bias"] @ w2 + b.reshape(-1))
+    return y.reshape(x.shape[:-1] + w.shape[1:])
 
 
 def _qkv(p: dict, x: Array) -> tuple[Array, Array, Array]:
-    """q, k, v ``[..., heads, hd]`` from one matmul over the three stacked kernels."""
+    """q, k, v ``[..., heads, hd]`` of ``LayerNorm(x)``, from one matmul over the three
+    stacked kernels."""
     w = jnp.stack([p["q"]["kernel"], p["k"]["kernel"], p["v"]["kernel"]], axis=1)
     b = jnp.stack([p["q"]["bias"], p["k"]["bias"], p["v"]["bias"]], axis=0)
-    qkv = jnp.einsum("...d,dshk->...shk", x, w) + b
+    qkv = _ln_dense(p["ln1"], x, w, b)
     return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
 
 
@@ -113,18 +173,18 @@ def _attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 
 def _attn_out(p: dict, o: Array) -> Array:  # [..., h, hd] -> [..., d]
-    return jnp.einsum("...hk,hkd->...d", o, p["out"]["kernel"]) + p["out"]["bias"]
+    w = p["out"]["kernel"]
+    return dense(o.reshape(o.shape[:-2] + (-1,)), w.reshape(-1, w.shape[-1]), p["out"]["bias"])
 
 
 def _ffn(p: dict, x: Array) -> Array:
-    h = _layer_norm(p["ln2"], x)
-    h = jax.nn.gelu(h @ p["ffn_in"]["kernel"] + p["ffn_in"]["bias"], approximate=True)
-    return x + h @ p["ffn_out"]["kernel"] + p["ffn_out"]["bias"]
+    h = jax.nn.gelu(_ln_dense(p["ln2"], x, p["ffn_in"]["kernel"], p["ffn_in"]["bias"]), True)
+    return x + dense(h, p["ffn_out"]["kernel"], p["ffn_out"]["bias"])
 
 
 def _head(params: dict, x: Array) -> Array:
-    h = _layer_norm(params["ln_f"], x)
-    return jax.nn.log_softmax(h @ params["head"]["kernel"] + params["head"]["bias"], axis=-1)
+    logits = _ln_dense(params["ln_f"], x, params["head"]["kernel"], params["head"]["bias"])
+    return jax.nn.log_softmax(logits, axis=-1)
 
 
 def _embed(params: dict, tokens: Array, start: int | Array = 0) -> Array:
@@ -148,7 +208,7 @@ def forward(params: dict, tokens: Array) -> Array:
     mask = _causal(tokens.shape[-1])
     for i in range(num_layers(params)):
         p = params[f"block_{i}"]
-        q, k, v = _qkv(p, _layer_norm(p["ln1"], x))
+        q, k, v = _qkv(p, x)
         o = _attend(q, k, v, mask)
         x = _ffn(p, x + _attn_out(p, o))
     return _head(params, x)
@@ -172,9 +232,8 @@ def answer_logprobs(params: dict, prompt: Array, answers: Array) -> Array:
     mask_a = jnp.concatenate([jnp.ones((H - 1, H), bool), _causal(H - 1)], axis=1)
     for i in range(num_layers(params)):
         p = params[f"block_{i}"]
-        hp_, ha = _layer_norm(p["ln1"], xp), _layer_norm(p["ln1"], xa)
-        qp, kp, vp = _qkv(p, hp_)
-        qa, ka, va = _qkv(p, ha)
+        qp, kp, vp = _qkv(p, xp)
+        qa, ka, va = _qkv(p, xa)
         op = _attend(qp, kp, vp, mask_p)
         k_all = jnp.concatenate([jnp.broadcast_to(kp[:, None], (B, K) + kp.shape[1:]), ka], 2)
         v_all = jnp.concatenate([jnp.broadcast_to(vp[:, None], (B, K) + vp.shape[1:]), va], 2)
@@ -199,46 +258,71 @@ def answer_token_logp(params: dict, prompt: Array, answers: Array) -> Array:
 
 
 class Cache(NamedTuple):
-    k: tuple[Array, ...]  # per layer [N, T, h, hd]; a tuple, not a stacked array, so a
-    v: tuple[Array, ...]  # decode step updates each layer in place instead of copying all
+    """Keys/values of a group sampler, one tuple entry per layer.
+
+    The prompt's keys/values are stored once per prompt (``kp [B, h, hd, H]``, keys
+    transposed, and ``vp [B, h, H, hd]``), not once per candidate; each of the ``k``
+    candidates of a prompt has its own answer slots (``ka [B·k, h, hd, H]``,
+    ``va [B·k, h, H, hd]``). Both layouts are the ones the attention dots read directly,
+    so a decode step never transposes the cache, and it is updated in place.
+    """
+
+    kp: tuple[Array, ...]
+    vp: tuple[Array, ...]
+    ka: tuple[Array, ...]
+    va: tuple[Array, ...]
 
 
-def prefill(params: dict, prompt: Array, max_len: int) -> tuple[Cache, Array]:
-    """Encode ``prompt [N, H]`` once; return the cache (room for ``max_len`` positions)
-    and the log-probs ``[N, V]`` of the first answer token."""
-    N, H = prompt.shape
+def prefill(params: dict, prompt: Array, k: int = 1) -> tuple[Cache, Array]:
+    """Encode ``prompt [B, H]`` once; return a cache with room for ``k`` candidates of
+    ``H`` answer tokens per prompt, and the log-probs ``[B, V]`` of the first answer token
+    (shared by the prompt's candidates)."""
+    B, H = prompt.shape
     x = _embed(params, prompt)
     mask = _causal(H)
-    ks, vs = [], []
+    kp, vp, ka, va = [], [], [], []
     for i in range(num_layers(params)):
         p = params[f"block_{i}"]
-        q, k, v = _qkv(p, _layer_norm(p["ln1"], x))
-        x = _ffn(p, x + _attn_out(p, _attend(q, k, v, mask)))
-        pad = ((0, 0), (0, max_len - H), (0, 0), (0, 0))
-        ks.append(jnp.pad(k, pad))
-        vs.append(jnp.pad(v, pad))
-    return Cache(tuple(ks), tuple(vs)), _head(params, x[:, -1])
+        q, kk, v = _qkv(p, x)
+        x = _ffn(p, x + _attn_out(p, _attend(q, kk, v, mask)))
+        heads, hd = kk.shape[-2:]
+        kp.append(jnp.transpose(kk, (0, 2, 3, 1)))
+        vp.append(jnp.transpose(v, (0, 2, 1, 3)))
+        ka.append(jnp.zeros((B * k, heads, hd, H), kk.dtype))
+        va.append(jnp.zeros((B * k, heads, H, hd), v.dtype))
+    return Cache(tuple(kp), tuple(vp), tuple(ka), tuple(va)), _head(params, x[:, -1])
 
 
-def decode(params: dict, cache: Cache, token: Array, pos: Array) -> tuple[Cache, Array]:
-    """Feed ``token [N]`` at position ``pos``; return the updated cache and the log-probs
-    ``[N, V]`` of the next token. One token-forward per row."""
-    x = _embed(params, token[:, None], start=pos)  # [N, 1, d]
-    T = cache.k[0].shape[1]
-    mask = (jnp.arange(T) <= pos)[None, :]  # [1, T]
-    ks, vs = [], []
+def decode(params: dict, cache: Cache, token: Array, t: Array) -> tuple[Cache, Array]:
+    """Feed answer token ``t`` (``token [B·k]``, candidates of a prompt adjacent); return
+    the updated cache and the log-probs ``[B·k, V]`` of answer token ``t + 1``. One
+    token-forward per row; the shared prompt keys are read once per prompt."""
+    B, H = cache.kp[0].shape[0], cache.kp[0].shape[-1]
+    N = token.shape[0]
+    k = N // B
+    x = _embed(params, token[:, None], start=H + t)[:, 0]  # [N, d]
+    seen = (jnp.arange(H) <= t)[None, None, :]
     for i in range(num_layers(params)):
         p = params[f"block_{i}"]
-        q, k, v = _qkv(p, _layer_norm(p["ln1"], x))
-        kc = jax.lax.dynamic_update_slice_in_dim(cache.k[i], k, pos, axis=1)
-        vc = jax.lax.dynamic_update_slice_in_dim(cache.v[i], v, pos, axis=1)
-        ks.append(kc)
-        vs.append(vc)
-        x = _ffn(p, x + _attn_out(p, _attend(q, kc, vc, mask)))
-    return Cache(tuple(ks), tuple(vs)), _head(params, x[:, 0])
+        q, kk, v = _qkv(p, x)  # [N, h, hd]
+        heads, hd = q.shape[-2:]
+        ka = jax.lax.dynamic_update_slice_in_dim(cache.ka[i], kk[..., None], t, axis=3)
+        va = jax.lax.dynamic_update_slice_in_dim(cache.va[i], v[:, :, None], t, axis=2)
+        cache = cache._replace(ka=_set(cache.ka, i, ka), va=_set(cache.va, i, va))
+        scale = 1.0 / math.sqrt(hd)
+        # prompt part: one [k, hd] x [hd, H] product per prompt and head
+        qg = jnp.transpose(q.reshape(B, k, heads, hd), (0, 2, 1, 3))  # [B, h, k, hd]
+        sp = jnp.einsum("bhkd,bhdt->bhkt", qg, cache.kp[i]) * scale
+        sp = jnp.transpose(sp, (0, 2, 1, 3)).reshape(N, heads, H)
+        sa = jnp.where(seen, jnp.einsum("nhd,nhdt->nht", q, ka) * scale, NEG_INF)
+        w = jax.nn.softmax(jnp.concatenate([sp, sa], axis=-1), axis=-1)  # [N, h, 2H]
+        wp = jnp.transpose(w[..., :H].reshape(B, k, heads, H), (0, 2, 1, 3))
+        op = jnp.einsum("bhkt,bhtd->bhkd", wp, cache.vp[i])
+        o = jnp.transpose(op, (0, 2, 1, 3)).reshape(N, heads, hd)
+        o = o + jnp.einsum("nht,nhtd->nhd", w[..., H:], va)
+        x = _ffn(p, x + _attn_out(p, o))
+    return cache, _head(params, x)
 
 
-def repeat_cache(cache: Cache, k: int) -> Cache:
-    """Give each of N cached prompts ``k`` candidate rows: ``[N, ...] -> [N·k, ...]``."""
-    rep = lambda xs: tuple(jnp.repeat(x, k, axis=0) for x in xs)  # noqa: E731
-    return Cache(rep(cache.k), rep(cache.v))
+def _set(xs: tuple, i: int, x: Array) -> tuple:
+    return xs[:i] + (x,) + xs[i + 1 :]

@@ -119,8 +119,7 @@ def generate(
     params = jax.lax.stop_gradient(params)
     N, H = prompts.shape
     if cached:
-        cache, lp = M.prefill(params, prompts, 2 * H)
-        cache = M.repeat_cache(cache, k)
+        cache, lp = M.prefill(params, prompts, k)
         lp = jnp.repeat(lp, k, axis=0)  # [N·k, V]
     else:
         # the authors' sampler: a zero-filled 2H buffer per candidate, re-run in full at
@@ -141,7 +140,7 @@ def generate(
         cache, lp = carry
         out = draw(lp, t)
         if cached:
-            cache, lp = M.decode(params, cache, out[0], H + t)
+            cache, lp = M.decode(params, cache, out[0], t)
         else:
             cache = cache.at[:, H + t].set(out[0])
             lp = M.forward(params, cache)[:, H + t]
