@@ -1,11 +1,12 @@
 """Seconds per seed-episode of the token-reversal trainer, beside the authors' code.
 
     python benchmarks/reversal_speed.py [--seeds 4] [--episodes 3] [--seed-batch 1]
-                                        [--only tpo_terminal,ppo_terminal]
+        [--streams 2] [--xla-option KEY=VALUE ...] [--only tpo_terminal,ppo_terminal]
 
 Each setting is compiled once (compile time reported separately), run once to warm up, then
 timed over ``--episodes`` episodes for ``--seeds`` seeds in one compiled program (groups of
-``--seed-batch`` seeds in lockstep; 0 = one vmap over all). ``cpu s`` is process CPU time
+``--seed-batch`` seeds in lockstep; 0 = one vmap over all; ``--streams`` groups side by
+side). ``cpu s`` is process CPU time
 per seed-episode (all threads): steadier than wall time on a busy machine.
 Also prints the token forward passes one episode needs in each implementation (counted
 from the algorithms, not measured): ours uses a KV-cached sampler, encodes each shared
@@ -26,7 +27,7 @@ import numpy as np
 from tpo_sweeps import config as C
 from tpo_sweeps import tasks
 from tpo_sweeps.tasks.reversal import layout_of
-from tpo_sweeps.train import seed_keys
+from tpo_sweeps.train import map_seeds, seed_keys
 
 # name: (algorithm config, task overrides, authors' seconds per seed-episode on this machine)
 SETTINGS = {
@@ -73,15 +74,26 @@ def main() -> None:
     ap.add_argument(
         "--seed-batch", type=int, default=1, help="seeds per vmapped group (0 = all in one vmap)"
     )
+    ap.add_argument("--streams", type=int, default=1, help="seed groups run side by side")
+    ap.add_argument(
+        "--xla-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="XLA debug option for the compilation (repeatable), as hardware.xla_options",
+    )
     args = ap.parse_args()
+    options = dict(kv.split("=", 1) for kv in args.xla_option) or None
     print(
         f"jax {jax.__version__} on {jax.devices()[0].device_kind}, seeds={args.seeds}, "
-        f"seed batch={args.seed_batch or 'all'}, episodes={args.episodes}"
+        f"seed batch={args.seed_batch or 'all'}, streams={args.streams}, "
+        f"episodes={args.episodes}, xla options={options or 'none'}"
     )
     print(
         f"{'setting':24s} {'compile s':>9s} {'s/seed-ep':>10s} {'authors':>8s} {'speed-up':>8s}"
         f" {'tok-fwd ours':>12s} {'authors':>10s} {'cpu s':>8s}"
     )
+    group = dict(seed_batch=args.seed_batch, streams=args.streams)
     for name, (hp, over, theirs_s) in SETTINGS.items():
         if args.only and name not in args.only.split(","):
             continue
@@ -90,12 +102,11 @@ def main() -> None:
         program = tasks.build(cfg)
         keys = seed_keys(np.arange(args.seeds))
         if args.seed_batch:
-            batched = functools.partial(jax.lax.map, program.train, batch_size=args.seed_batch)
-            fn = jax.jit(batched)
+            fn = jax.jit(functools.partial(map_seeds, program.train, **group))
         else:
             fn = jax.jit(jax.vmap(program.train))
         t0 = time.perf_counter()
-        compiled = fn.lower(keys).compile()
+        compiled = fn.lower(keys).compile(compiler_options=options)
         compile_s = time.perf_counter() - t0
         jax.block_until_ready(compiled(keys))
         t0, c0 = time.perf_counter(), time.process_time()

@@ -348,7 +348,8 @@ def test_algorithm_options_cover_the_registry():
 
 
 def test_seed_batches_equal_one_vmap():
-    """hardware.seed_batch: seeds in lockstep groups (lax.map) give the vmap's numbers."""
+    """hardware.seed_batch/seed_streams: seeds in lockstep groups (lax.map), groups side by
+    side, give the vmap's numbers, seed for seed."""
     cfg = C.Config(
         algorithm=C.TPOConfig(name="tpo"),
         task=C.TabularSingleConfig(steps=15, num_actions=10, batch_size=16),
@@ -356,6 +357,10 @@ def test_seed_batches_equal_one_vmap():
     )
     program = tasks.build(cfg)
     together = train.run(program, np.arange(5))
-    grouped = train.run(program, np.arange(5), seed_batch=2)
-    for name in together.metrics:
-        np.testing.assert_allclose(grouped.metrics[name], together.metrics[name], atol=1e-6)
+    # groups of 2; 1 seed per stream, 2 streams (+1 left over); 2 streams of 2 (+1 left over)
+    for batch, streams in [(2, 1), (1, 2), (2, 2)]:
+        grouped = train.run(program, np.arange(5), seed_batch=batch, seed_streams=streams)
+        for name in together.metrics:
+            np.testing.assert_allclose(
+                grouped.metrics[name], together.metrics[name], atol=1e-6
+            )

@@ -234,6 +234,12 @@ class HardwareConfig:
     # same compiled program; 0 = all seeds in one vmap. On a CPU the transformer tasks run
     # ~20% faster per seed with 1 (vmapped weights make batched GEMMs slower than plain ones)
     seed_batch: int = 0
+    # with seed_batch > 0: this many seed groups run side by side as independent
+    # computations, which XLA overlaps on the cores (small ops leave a core idle)
+    seed_streams: int = 1
+    # XLA debug options for every compiled program (per compilation, not process-wide), e.g.
+    # {xla_cpu_experimental_ynn_fusion_type: LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT}
+    xla_options: dict[str, str] = field(default_factory=dict)
     # SLURM site settings, read by hardware=slurm_gpu; set them on the command line or in the
     # untracked conf/local/default.yaml, never in a committed file
     partition: str | None = None  # sbatch --partition

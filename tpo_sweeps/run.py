@@ -251,7 +251,15 @@ def _train(cfg: C.Config, chash: str, signals: SlurmSignals, run_id: int):
 
     try:
         result = train.run(
-            program, seeds, cfg.log_every, chunk, on_chunk, start, cfg.hardware.seed_batch
+            program,
+            seeds,
+            cfg.log_every,
+            chunk,
+            on_chunk,
+            start,
+            cfg.hardware.seed_batch,
+            cfg.hardware.seed_streams,
+            dict(cfg.hardware.xla_options),
         )
         if progress is not None:
             progress.update(total)  # on_chunk is not called after the last chunk

@@ -105,6 +105,8 @@ def run(
     on_chunk: Callable[[int, Any], None] | None = None,
     start: tuple[int, Any] | None = None,
     seed_batch: int = 0,
+    seed_streams: int = 1,
+    compiler_options: dict[str, str] | None = None,
 ) -> Result:
     """Run ``program`` for all ``seeds`` in one compiled program; subsample every ``log_every``.
 
@@ -112,7 +114,10 @@ def run(
     chunk length) and ``on_chunk(points_done, state)`` is called between chunks with the
     host-side state ``(carry, metrics so far)``: the hook for checkpoints and progress.
     ``start = (points_done, state)`` resumes from such a state. ``seed_batch`` > 0 runs
-    the seeds in lockstep groups of that size, one group after another, in the same program.
+    the seeds in lockstep groups of that size, one group after another, in the same program;
+    ``seed_streams`` > 1 runs that many such groups side by side as independent computations
+    (XLA overlaps them on the cores, which small ops leave idle). ``compiler_options`` are
+    XLA debug options for this program's compilation (``hardware.xla_options``).
     """
     seeds = np.asarray(seeds)
     keys = seed_keys(seeds)
@@ -120,11 +125,10 @@ def run(
     chunk = T if not chunk or chunk >= T else chunk
 
     def segment(carry, ts):
-        if not seed_batch or seed_batch >= len(seeds):
+        if (not seed_batch or seed_batch >= len(seeds)) and seed_streams <= 1:
             return jax.lax.scan(jax.vmap(program.step, in_axes=(0, None)), carry, ts)
-        # groups of seed_batch seeds one after another; points first, as the vmap path
-        carry, out = jax.lax.map(
-            lambda c: jax.lax.scan(program.step, c, ts), carry, batch_size=seed_batch
+        carry, out = map_seeds(
+            lambda c: jax.lax.scan(program.step, c, ts), carry, seed_batch, seed_streams
         )
         return carry, jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
@@ -141,7 +145,8 @@ def run(
         n = min(chunk, T - done)
         if n not in compiled:
             c0 = time.perf_counter()
-            compiled[n] = seg.lower(carry, jnp.arange(done, done + n)).compile()
+            lowered = seg.lower(carry, jnp.arange(done, done + n))
+            compiled[n] = lowered.compile(compiler_options=compiler_options or None)
             compile_s += time.perf_counter() - c0
         carry, out = compiled[n](carry, jnp.arange(done, done + n))
         parts.append(jax.tree_util.tree_map(np.asarray, out))
@@ -159,6 +164,39 @@ def run(
         steps[name] = np.asarray(program.steps[name])[idx]
     summary = {f"final_{name}": v[:, -1] for name, v in full.items()}
     return Result(seeds, metrics, steps, summary, compile_s, run_s)
+
+
+def map_seeds(fn: Callable, xs, seed_batch: int = 1, streams: int = 1):
+    """``fn`` (one seed's computation) over the leading seed axis of ``xs``.
+
+    Seeds go in lockstep groups of ``seed_batch`` (a vmap; 0 = all seeds), ``streams``
+    groups side by side as separate, independent computations in one program, and the
+    blocks of ``streams`` groups one after another (``lax.map``). Seeds left over after
+    the last whole block run group by group. The results equal ``vmap(fn)(xs)``.
+    """
+    tree = jax.tree_util
+    n = tree.tree_leaves(xs)[0].shape[0]
+    group = min(seed_batch or n, n)
+    streams = max(1, min(streams, n // group))
+    block = group * streams
+    full = (n // block) * block
+    take = lambda a, i, j: tree.tree_map(lambda x: x[i:j], a)  # noqa: E731
+
+    def lockstep(c):  # one group; a group of one runs unbatched (no size-1 vmap axis)
+        if group > 1:
+            return jax.vmap(fn)(c)
+        return tree.tree_map(lambda x: x[None], fn(tree.tree_map(lambda x: x[0], c)))
+
+    def one_block(c):
+        parts = [lockstep(take(c, i * group, (i + 1) * group)) for i in range(streams)]
+        return tree.tree_map(lambda *p: jnp.concatenate(p, axis=0), *parts)
+
+    blocks = tree.tree_map(lambda x: x[:full].reshape((-1, block) + x.shape[1:]), xs)
+    out = tree.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), jax.lax.map(one_block, blocks))
+    if full == n:
+        return out
+    rest = jax.lax.map(fn, take(xs, full, n), batch_size=group)
+    return tree.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), out, rest)
 
 
 def _logged_indices(n: int, every: int) -> np.ndarray:
