@@ -166,10 +166,21 @@ def _qkv(p: dict, x: Array) -> tuple[Array, Array, Array]:
 
 
 def _attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """q ``[..., Tq, h, hd]``, k/v ``[..., Tk, h, hd]``, mask ``[Tq, Tk]`` (or broadcastable)."""
-    scores = jnp.einsum("...qhk,...thk->...hqt", q, k) / math.sqrt(q.shape[-1])
+    """q ``[..., Tq, h, hd]``, k/v ``[..., Tk, h, hd]``, mask ``[Tq, Tk]`` (or broadcastable).
+
+    One head at a time: a head's q/k/v are contiguous ``[..., T, hd]`` slices, so its two
+    dots batch over the leading axes as they are; a multi-head einsum makes XLA:CPU
+    transpose q, k, v and the output around every dot (measured ~20% slower)."""
+    heads = [
+        _attend_head(q[..., i, :], k[..., i, :], v[..., i, :], mask) for i in range(q.shape[-2])
+    ]
+    return jnp.stack(heads, axis=-2)
+
+
+def _attend_head(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    scores = jnp.einsum("...qd,...td->...qt", q, k) / math.sqrt(q.shape[-1])
     scores = jnp.where(mask, scores, NEG_INF)
-    return jnp.einsum("...hqt,...thk->...qhk", jax.nn.softmax(scores, axis=-1), v)
+    return jnp.einsum("...qt,...td->...qd", jax.nn.softmax(scores, axis=-1), v)
 
 
 def _attn_out(p: dict, o: Array) -> Array:  # [..., h, hd] -> [..., d]
@@ -235,15 +246,30 @@ def answer_logprobs(params: dict, prompt: Array, answers: Array) -> Array:
         qp, kp, vp = _qkv(p, xp)
         qa, ka, va = _qkv(p, xa)
         op = _attend(qp, kp, vp, mask_p)
-        k_all = jnp.concatenate([jnp.broadcast_to(kp[:, None], (B, K) + kp.shape[1:]), ka], 2)
-        v_all = jnp.concatenate([jnp.broadcast_to(vp[:, None], (B, K) + vp.shape[1:]), va], 2)
-        oa = _attend(qa, k_all, v_all, mask_a)
+        oa = jnp.stack(
+            [
+                _attend_head(
+                    qa[..., j, :], _with_prompt(kp, ka, j), _with_prompt(vp, va, j), mask_a
+                )
+                for j in range(qa.shape[-2])
+            ],
+            axis=-2,
+        )
         xp = _ffn(p, xp + _attn_out(p, op))
         xa = _ffn(p, xa + _attn_out(p, oa))
     first = _head(params, xp[:, -1])  # [B, V]: answer token 0, shared by the group
     rest = _head(params, xa)  # [B, K, H-1, V]
     first = jnp.broadcast_to(first[:, None, None], (B, K, 1, first.shape[-1]))
     return jnp.concatenate([first, rest], axis=2)
+
+
+def _with_prompt(xp: Array, xa: Array, head: int) -> Array:
+    """One head's keys (or values) for the answer streams: the group's shared prompt
+    ``xp [B, H, h, hd]`` broadcast to each of the K answers ``xa [B, K, T, h, hd]`` and put
+    in front of them, ``[B, K, H + T, hd]``."""
+    B, K = xa.shape[:2]
+    shared = jnp.broadcast_to(xp[:, None, :, head], (B, K) + xp.shape[1:2] + xp.shape[3:])
+    return jnp.concatenate([shared, xa[..., head, :]], axis=2)
 
 
 def answer_token_logp(params: dict, prompt: Array, answers: Array) -> Array:
