@@ -41,6 +41,36 @@ def test_param_shapes_follow_flax(params):
     assert params["tok_emb"].shape == (V, 64) and params["pos_emb"].shape == (2 * H, 64)
 
 
+def _plain_ln_dense(ln, x, w, b):
+    """The authors' layers as autodiff sees them: Flax LayerNorm, then Dense."""
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    h = (x - mean) / jnp.sqrt(var + M.LN_EPS) * ln["scale"] + ln["bias"]
+    return h @ w + b
+
+
+@pytest.mark.parametrize("din,dout", [(64, 192), (256, 64)])  # both weight-grad branches
+def test_folded_layernorm_dense_matches_plain_layers(din, dout):
+    """_ln_dense (LN affine folded into the GEMM, custom backward passes) is the same
+    function, with the same gradients, as LayerNorm followed by Dense."""
+    ks = jax.random.split(jax.random.PRNGKey(3), 5)
+    x = 2.0 * jax.random.normal(ks[0], (3, 7, din)) + 0.5
+    ln = {
+        "scale": 1 + 0.3 * jax.random.normal(ks[1], (din,)),
+        "bias": jax.random.normal(ks[2], (din,)),
+    }
+    w = jax.random.normal(ks[3], (din, dout)) / 8
+    b = jax.random.normal(ks[4], (dout,))
+    ct = jax.random.normal(jax.random.PRNGKey(4), (3, 7, dout))
+    ours = lambda *a: jnp.sum(M._ln_dense(*a) * ct)  # noqa: E731
+    plain = lambda *a: jnp.sum(_plain_ln_dense(*a) * ct)  # noqa: E731
+    np.testing.assert_allclose(M._ln_dense(ln, x, w, b), _plain_ln_dense(ln, x, w, b), atol=2e-5)
+    g1 = jax.grad(ours, argnums=(0, 1, 2, 3))(ln, x, w, b)
+    g2 = jax.grad(plain, argnums=(0, 1, 2, 3))(ln, x, w, b)
+    for a, e in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2), strict=True):
+        np.testing.assert_allclose(a, e, rtol=2e-4, atol=2e-4)
+
+
 def test_grouped_teacher_forcing_equals_full_forward(params, data):
     prompts, answers = data
     np.testing.assert_allclose(
@@ -121,9 +151,7 @@ def test_interaction_matching_scales_single_sample_methods_only():
     assert R.interaction_scaling(p, C.PPOConfig(name="ppo")) == (100, 1.0)
     # the program really uses B·K rollouts: PPO's error is a mean over B·K·H = 24 token
     # rewards, so it takes values k/24 that B·H = 6 rewards could not produce
-    prog = tasks.build(
-        _cfg(C.PPOConfig(name="ppo"), match="interactions", B=2, K=4, H=3, steps=10)
-    )
+    prog = tasks.build(_cfg(C.PPOConfig(name="ppo"), match="interactions", B=2, K=4, H=3, steps=10))
     errs = np.asarray(prog.train(jax.random.PRNGKey(0))["error"])
     np.testing.assert_allclose(errs * 24, np.round(errs * 24), atol=1e-4)
     assert not np.allclose(errs * 6, np.round(errs * 6), atol=1e-4)
