@@ -232,7 +232,7 @@ class HardwareConfig:
     compilation_cache: str = ""  # directory for JAX's persistent compilation cache; "" = off
     # seeds run in lockstep (vmap) per group, groups one after another (lax.map) inside the
     # same compiled program; 0 = all seeds in one vmap. On a CPU the transformer tasks run
-    # ~20% faster per seed with 1 (vmapped weights make batched GEMMs slower than plain ones)
+    # 20-40% faster per seed with 1 (vmapped weights make batched GEMMs slower than plain ones)
     seed_batch: int = 0
     # with seed_batch > 0: this many seed groups run side by side as independent
     # computations, which XLA overlaps on the cores (small ops leave a core idle)

@@ -10,7 +10,7 @@ are 3-D and go to AdamW, their 2-D biases ``(heads, d/heads)`` to Muon).
 Three ways to run it, all sharing the same layer code:
 
 * ``forward(params, tokens)``: full causal pass, log-probs at every position (reference).
-* ``sequence_logp(params, prompt, answers)``: teacher-forced log-probs of K answers per
+* ``answer_logprobs(params, prompt, answers)``: teacher-forced log-probs of K answers per
   prompt, with the shared prompt encoded **once per group** (its keys/values are broadcast to
   the K candidates) and without running the last answer token, which predicts nothing.
 * ``prefill`` + ``decode``: a KV-cached group sampler (one token-forward per generated

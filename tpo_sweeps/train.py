@@ -195,7 +195,8 @@ def map_seeds(fn: Callable, xs, seed_batch: int = 1, streams: int = 1):
     out = tree.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), jax.lax.map(one_block, blocks))
     if full == n:
         return out
-    rest = jax.lax.map(fn, take(xs, full, n), batch_size=group)
+    # batch_size=1 would vmap a size-1 axis (the slow path the unbatched groups avoid)
+    rest = jax.lax.map(fn, take(xs, full, n), batch_size=group if group > 1 else None)
     return tree.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), out, rest)
 
 
