@@ -24,9 +24,9 @@ import time
 import jax
 import numpy as np
 
+from tpo_sweeps import algorithms as A
 from tpo_sweeps import config as C
 from tpo_sweeps import tasks
-from tpo_sweeps.tasks.reversal import layout_of
 from tpo_sweeps.train import map_seeds, seed_keys
 
 # name: (algorithm config, task overrides, authors' seconds per seed-episode on this machine)
@@ -113,7 +113,7 @@ def main() -> None:
         jax.block_until_ready(compiled(keys))
         per = (time.perf_counter() - t0) / (args.seeds * args.episodes)
         cpu = (time.process_time() - c0) / (args.seeds * args.episodes)
-        ours_n, theirs_n = token_passes(layout_of(hp), task.H, task.B, task.K, hp.epochs)
+        ours_n, theirs_n = token_passes(A.layout(hp), task.H, task.B, task.K, hp.epochs)
         print(
             f"{name:24s} {compile_s:9.1f} {per:10.3f} {theirs_s:8.3f} {theirs_s / per:7.1f}x"
             f" {ours_n:12,d} {theirs_n:10,d} {cpu:8.3f}"

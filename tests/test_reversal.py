@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tpo_sweeps import algorithms as A
 from tpo_sweeps import config as C
 from tpo_sweeps import models as M
 from tpo_sweeps import tasks
@@ -140,15 +141,15 @@ def test_token_level_rejects_terminal_reward():
 
 
 def test_interaction_matching_scales_single_sample_methods_only():
-    t = C.ReversalConfig(B=100, K=8, match="interactions")
-    assert R.interaction_scaling(t, C.PPOConfig(name="ppo")) == (800, pytest.approx(8**0.5))
-    assert R.interaction_scaling(t, C.DGConfig(name="dg")) == (800, pytest.approx(8**0.5))
-    tok = C.TPOConfig(name="tpo_token", level="token")
-    assert R.interaction_scaling(t, tok) == (800, pytest.approx(8**0.5))
-    assert R.interaction_scaling(t, C.TPOConfig(name="tpo")) == (100, 1.0)
-    assert R.interaction_scaling(t, C.GRPOConfig(name="grpo")) == (100, 1.0)
-    p = C.ReversalConfig(B=100, K=8, match="prompts")
-    assert R.interaction_scaling(p, C.PPOConfig(name="ppo")) == (100, 1.0)
+    from tpo_sweeps.identity import interaction_scaling
+
+    assert interaction_scaling("single", 100, 8, "interactions") == (800, pytest.approx(8**0.5))
+    assert interaction_scaling("token", 100, 8, "interactions") == (800, pytest.approx(8**0.5))
+    assert interaction_scaling("sequence", 100, 8, "interactions") == (100, 1.0)
+    assert interaction_scaling("single", 100, 8, "prompts") == (100, 1.0)
+    assert A.layout(C.PPOConfig(name="ppo")) == A.layout(C.DGConfig(name="dg")) == "single"
+    assert A.layout(C.TPOConfig(name="tpo_token", level="token")) == "token"
+    assert A.layout(C.TPOConfig(name="tpo")) == A.layout(C.GRPOConfig(name="grpo")) == "sequence"
     # the program really uses B·K rollouts: PPO's error is a mean over B·K·H = 24 token
     # rewards, so it takes values k/24 that B·H = 6 rewards could not produce
     prog = tasks.build(_cfg(C.PPOConfig(name="ppo"), match="interactions", B=2, K=4, H=3, steps=10))
@@ -183,7 +184,7 @@ def test_every_algorithm_runs_with_diagnostics(hp, reward):
         assert np.all(np.isfinite(res.metrics[name])) and np.all(res.metrics[name] >= 0)
     fs = res.metrics["frac_success"]
     assert np.all(fs <= 1)
-    if R.layout_of(hp) == "single":
+    if A.layout(hp) == "single":
         assert np.all(np.isnan(res.metrics["frac_zero_var"]))
     else:
         np.testing.assert_allclose(res.metrics["frac_all_fail"], 1 - fs, atol=1e-6)

@@ -131,6 +131,7 @@ def _labels(batch: Batch, hp) -> Array:
 _TPO = Algorithm("target", C.TPOConfig, _tpo_signal, _target_ce, lambda b, q, hp: q)
 _GRPO = Algorithm("group", C.GRPOConfig, _group_adv, _grpo_loss)
 _DG = Algorithm("single", C.DGConfig, _single_adv, _dg, _dg_weight)
+_PG = Algorithm("single", C.PGConfig, _single_adv, _reinforce)
 
 ALGORITHMS: dict[str, Algorithm] = {
     "tpo": _TPO,
@@ -144,8 +145,8 @@ ALGORITHMS: dict[str, Algorithm] = {
     "grpo_token_no_kl": _GRPO,
     "group_pg": Algorithm("group", C.GroupPGConfig, _group_pg_signal, _reinforce),
     "ppo": Algorithm("single", C.PPOConfig, _single_adv, _clipped),
-    "pg": Algorithm("single", C.PGConfig, _single_adv, _reinforce),
-    "reinforce": Algorithm("single", C.PGConfig, _single_adv, _reinforce),
+    "pg": _PG,
+    "reinforce": _PG,
     "dg": _DG,
     "dg_4ep": _DG,
     "batch_std_pg": Algorithm("single", C.BatchStdPGConfig, _batch_std_signal, _reinforce),
@@ -166,6 +167,31 @@ def get(hp: C.AlgorithmConfig) -> Algorithm:
             f"algorithm '{hp.name}' needs a {algo.schema.__name__} config, got {type(hp).__name__}"
         )
     return algo
+
+
+def canonical_name(name: str) -> str:
+    """The first registered name of ``name``'s algorithm: aliases that differ from it only in
+    config fields (``tpo_1ep``, ``tpo_token``, ``dg_4ep``, ``reinforce``, ...) map to the
+    name the run identity stores (``tpo_sweeps.identity``, rule 2)."""
+    try:
+        algo = ALGORITHMS[name]
+    except KeyError:
+        raise C.ConfigError(
+            f"unknown algorithm '{name}' (known: {', '.join(sorted(ALGORITHMS))})"
+        ) from None
+    return next(n for n, a in ALGORITHMS.items() if a is algo)
+
+
+def layout(hp: C.AlgorithmConfig) -> str:
+    """sequence | token | single: how a sequence task (token reversal) lays out this
+    algorithm's batch: K full rollouts per prompt, K next-token candidates at each prefix of
+    one rollout, or one rollout per prompt."""
+    algo = get(hp)
+    if algo.family == "supervised":
+        raise C.ConfigError(f"algorithm '{hp.name}' needs labels; it has no sequence layout")
+    if getattr(hp, "level", "sequence") == "token":
+        return "token"
+    return "sequence" if algo.family in ("target", "group") else "single"
 
 
 def make_batch(

@@ -52,7 +52,7 @@ class SweepCallback(Callback):
         engine = db.connect(self._url, float(config.db.busy_timeout_s))  # create/migrate once
         try:
             self._sweep = S.from_multirun_config(config)
-            new = db.add_pending(engine, [c.fields() for c in self._sweep.cells])
+            new = S.record_pending(engine, self._sweep)
         except Exception as e:  # bookkeeping only: the sweep itself must still run
             log.warning("sweep %s: no pending rows or progress counts (%s)", config.name, e)
             self._sweep = None

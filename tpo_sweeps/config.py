@@ -291,7 +291,10 @@ class Config:
     num_seeds: int = 1  # seeds run by one job, in one compiled program
     x64: bool = False  # compute in float64 (jax_enable_x64); the authors' code is float32
     log_every: int = 1  # store per-step metrics every n steps (the last step is always kept)
-    skip_completed: bool = True  # skip a job whose config hash already completed in db.url
+    skip_completed: bool = True  # skip the seeds whose cell already completed in db.url
+    # a campaign preset (experiment=paper): the member presets whose cells it launches,
+    # deduplicated (tpo_sweeps.campaign); empty for an ordinary preset
+    campaign: list[str] = field(default_factory=list)
 
 
 GROUPS: dict[str, tuple[type, dict[str, type]]] = {

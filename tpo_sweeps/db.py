@@ -1,29 +1,31 @@
-"""Results database (SQLAlchemy 2): runs, long-format per-step metrics, final summaries.
+"""Results database (SQLAlchemy 2): runs keyed by what they compute, per-step metrics, summaries.
 
-Schema (version ``SCHEMA_VERSION``):
+Schema (version ``SCHEMA_VERSION``; created and migrated by Alembic, ``tpo_sweeps/migrations``):
 
-* ``runs``: one row per job (one config cell, all its seeds). The resolved config as JSON, its
-  hash (unique: dedup and skip-completed), the columns people filter on, status
-  (running/completed/failed), times, provenance (host, device, git commit + dirty flag,
-  package versions) and the error text of a failed job. Status is one of ``STATUSES``:
-  pending (created at multirun start), running (``heartbeat_at`` refreshed while it runs),
-  completed, failed, timeout and preempted (SLURM signalled it; a requeue resumes it).
-* ``metrics``: ``(run_id, seed, name, step, value)``, primary key on the first four.
-* ``summaries``: ``(run_id, seed, name, value)``, e.g. ``final_error``.
-* ``schema_info``: the schema version.
+* ``runs``: one row per **(cell, seed, extras)** (``tpo_sweeps.identity``): ``run_key``
+  (unique) = hash of the cell hash, the seed and the extras; ``cell_hash`` = the effective
+  config. The resolved config as JSON, the columns people filter on (as the job that computed
+  the run named them), status, times, provenance, the computing job (``job_id``, the seeds it
+  ran in one program ``job_seeds``, its ``compile_s``/``run_s``) and the error text of a
+  failed run. Status is one of ``STATUSES``: pending (created at multirun start), running
+  (``heartbeat_at`` refreshed while it runs), completed, failed, timeout and preempted
+  (SLURM signalled it; a requeue resumes it).
+* ``sweep_runs``: ``(sweep, run_id)``: every sweep that asked for a run, many-to-many.
+* ``metrics``: ``(run_id, name, step, value)``, primary key on the first three.
+* ``summaries``: ``(run_id, name, value)``, e.g. ``final_error``.
+* ``schema_info``: the schema version (also read by older tpo-sweeps, which then refuse a
+  newer database instead of misreading it); ``alembic_version``: Alembic's revision.
 
-A job's results are written in one transaction, in bulk; a rerun of a failed job replaces its
-rows, and a run completes at most once (``finish_run`` locks the row and leaves a completed run
-alone). SQLite connections use a busy timeout and ``BEGIN IMMEDIATE`` write transactions; a
-PostgreSQL URL takes the same code path. The schema is created, or migrated through
-``MIGRATIONS``, under a lock, so that many processes opening a new database at once are safe.
+A job's results are written in one transaction, in bulk; a run completes at most once
+(``finish_runs`` locks the rows and leaves a completed run alone). SQLite connections use a
+busy timeout and ``BEGIN IMMEDIATE`` write transactions; a PostgreSQL URL takes the same code
+path. The schema is created or migrated under a lock, so that many processes opening a new
+database at once are safe.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,11 +54,12 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
 TIMEOUT, PREEMPTED = "timeout", "preempted"
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, PREEMPTED)
+LIVE = (RUNNING, PREEMPTED, TIMEOUT)  # a job may still be writing these
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -79,13 +82,18 @@ class SchemaInfo(Base):
 class Run(Base):
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    config_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    run_key: Mapped[str] = mapped_column(String(64), unique=True)  # (cell, seed, extras)
+    cell_hash: Mapped[str] = mapped_column(String(64), index=True)  # the effective config
+    seed: Mapped[int] = mapped_column(Integer)
+    # extras (identity rule 5): what this run logged beyond the cell's numbers
+    diagnostics: Mapped[bool] = mapped_column(Boolean)
+    mechanism: Mapped[bool] = mapped_column(Boolean)
+    log_every: Mapped[int] = mapped_column(Integer)
+    # the promoted columns, as the job that computed the run named them
     sweep: Mapped[str] = mapped_column(String(200), index=True)
     algorithm: Mapped[str] = mapped_column(String(64), index=True)
     task: Mapped[str] = mapped_column(String(64), index=True)
     optimizer: Mapped[str] = mapped_column(String(64))
-    seed: Mapped[int] = mapped_column(Integer)  # base seed; the job ran seed..seed+num_seeds-1
-    num_seeds: Mapped[int] = mapped_column(Integer)
     steps: Mapped[int] = mapped_column(Integer)
     epochs: Mapped[int] = mapped_column(Integer)
     K: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -93,14 +101,17 @@ class Run(Base):
     H: Mapped[int | None] = mapped_column(Integer, nullable=True)
     V: Mapped[int | None] = mapped_column(Integer, nullable=True)
     match: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    overrides: Mapped[list] = mapped_column(JSON)  # the Hydra overrides of this job
-    config: Mapped[dict] = mapped_column(JSON)  # resolved config
+    overrides: Mapped[list] = mapped_column(JSON)  # the Hydra overrides of the computing job
+    config: Mapped[dict] = mapped_column(JSON)  # resolved (effective) config
     status: Mapped[str] = mapped_column(String(16), index=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-    compile_s: Mapped[float | None] = mapped_column(Float, nullable=True)
-    run_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the job that computed it: its seeds ran in one compiled program
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    job_seeds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    compile_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # the job's
+    run_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # the job's, all seeds
     host: Mapped[str | None] = mapped_column(String(200), nullable=True)
     device: Mapped[str | None] = mapped_column(String(200), nullable=True)
     git_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -110,12 +121,19 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class SweepRun(Base):
+    """A sweep asked for a run (a run serves every sweep whose cell and seed it matches)."""
+
+    __tablename__ = "sweep_runs"
+    sweep: Mapped[str] = mapped_column(String(200), primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
 class Metric(Base):
     __tablename__ = "metrics"
-    run_id: Mapped[int] = mapped_column(
-        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
-    )
-    seed: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -123,10 +141,7 @@ class Metric(Base):
 
 class Summary(Base):
     __tablename__ = "summaries"
-    run_id: Mapped[int] = mapped_column(
-        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
-    )
-    seed: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -196,11 +211,6 @@ def connect(
     return engine
 
 
-# version v -> the function that migrates a database at schema version v to v + 1, inside one
-# transaction that already holds the schema lock. Add an entry whenever SCHEMA_VERSION grows.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
-
-
 def schema_version(bind: Engine | Connection) -> tuple[int | None, set[str]]:
     """The schema version stored in the database (None: no ``schema_info``) and its tables."""
     tables = set(inspect(bind).get_table_names())
@@ -224,11 +234,6 @@ def _check_usable(engine: Engine, version: int | None, tables: set[str]) -> None
             f"{where} has results schema version {version}, newer than this tpo-sweeps "
             f"understands ({SCHEMA_VERSION}): upgrade tpo-sweeps"
         )
-    if version is not None and any(v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
-        raise DatabaseUnavailable(
-            f"{where} has results schema version {version}; this tpo-sweeps needs "
-            f"{SCHEMA_VERSION} and has no migration from {version}"
-        )
 
 
 def _lock_schema(conn: Connection) -> None:
@@ -245,6 +250,8 @@ _SCHEMA_LOCK_KEY = 0x7470_6F5F  # "tpo_": any constant shared by every tpo-sweep
 
 
 def _ensure_schema(engine: Engine, create: bool, migrate: bool) -> None:
+    from tpo_sweeps import migrations
+
     version, tables = schema_version(engine)
     if version == SCHEMA_VERSION:
         return
@@ -262,13 +269,8 @@ def _ensure_schema(engine: Engine, create: bool, migrate: bool) -> None:
         # again, under the lock: another process may have done it while we waited
         version, tables = schema_version(conn)
         _check_usable(engine, version, tables)
-        if version is None:
-            Base.metadata.create_all(conn)
-            conn.execute(insert(SchemaInfo).values(version=SCHEMA_VERSION))
-            return
-        for v in range(version, SCHEMA_VERSION):
-            MIGRATIONS[v](conn)
-            conn.execute(update(SchemaInfo).values(version=v + 1))
+        if version != SCHEMA_VERSION:
+            migrations.upgrade(conn)
 
 
 def _first_line(e: BaseException) -> str:
@@ -287,29 +289,10 @@ def transaction(engine: Engine) -> Iterator[Any]:
 # --------------------------------------------------------------------------------------------
 
 
-# Keys that do not change what a run computes: where and how it runs, how it is checkpointed
-# and reported, and debug switches (a cell that failed on purpose reruns under the same hash).
-NON_SEMANTIC_KEYS = ("db", "hardware", "skip_completed", "debug", "checkpoint", "progress")
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the semantic config (``NON_SEMANTIC_KEYS`` excluded)."""
-    semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
-    blob = json.dumps(semantic, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def find_run(engine: Engine, chash: str) -> tuple[int, str] | None:
-    with engine.connect() as conn:
-        row = conn.execute(select(Run.id, Run.status).where(Run.config_hash == chash)).first()
-    return None if row is None else (row.id, row.status)
-
-
-def runs_by_hash(engine: Engine, hashes: list[str]) -> dict[str, Any]:
-    """``config_hash -> row`` (id, status, heartbeat_at, finished_at, slurm_job_id, error)."""
-    out: dict[str, Any] = {}
+def runs_by_key(engine: Engine | Connection, keys: list[str]) -> dict[str, Any]:
+    """``run_key -> row`` (id, status, heartbeat_at, finished_at, slurm_job_id, error)."""
     cols = (
-        Run.config_hash,
+        Run.run_key,
         Run.id,
         Run.status,
         Run.heartbeat_at,
@@ -317,133 +300,230 @@ def runs_by_hash(engine: Engine, hashes: list[str]) -> dict[str, Any]:
         Run.slurm_job_id,
         Run.error,
     )
-    with engine.connect() as conn:
-        for i in range(0, len(hashes), 500):  # stay under bound-parameter limits
-            chunk = hashes[i : i + 500]
-            for row in conn.execute(select(*cols).where(Run.config_hash.in_(chunk))):
-                out[row.config_hash] = row
+    out: dict[str, Any] = {}
+
+    def read(conn):
+        for i in range(0, len(keys), 500):  # stay under bound-parameter limits
+            for row in conn.execute(select(*cols).where(Run.run_key.in_(keys[i : i + 500]))):
+                out[row.run_key] = row
+
+    if isinstance(engine, Engine):
+        with engine.connect() as conn:
+            read(conn)
+    else:
+        read(engine)
     return out
+
+
+def satisfying_runs(
+    bind: Engine | Connection, cells: list[str], statuses: tuple[str, ...] | None = (COMPLETED,)
+) -> list[Any]:
+    """Rows (id, run_key, cell_hash, seed, extras, status, ...) of the given cells, in the
+    given statuses (None: all); the caller matches seeds and extras (``identity.satisfies``)."""
+    cols = (
+        Run.id,
+        Run.run_key,
+        Run.cell_hash,
+        Run.seed,
+        Run.diagnostics,
+        Run.mechanism,
+        Run.log_every,
+        Run.status,
+        Run.heartbeat_at,
+        Run.finished_at,
+        Run.slurm_job_id,
+        Run.error,
+        Run.run_s,
+        Run.job_seeds,
+        Run.steps,
+    )
+    out: list[Any] = []
+
+    def read(conn):
+        for i in range(0, len(cells), 500):
+            stmt = select(*cols).where(Run.cell_hash.in_(cells[i : i + 500]))
+            if statuses is not None:
+                stmt = stmt.where(Run.status.in_(statuses))
+            out.extend(conn.execute(stmt))
+
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            read(conn)
+    else:
+        read(bind)
+    return out
+
+
+def extras_of(row: Any) -> dict[str, Any]:
+    return {
+        "diagnostics": bool(row.diagnostics),
+        "mechanism": bool(row.mechanism),
+        "log_every": int(row.log_every),
+    }
+
+
+def _dialect_insert(conn: Connection, table):
+    name = conn.dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        return None
+    return dialect_insert(table)
 
 
 def _upsert(
     conn: Connection, values: dict[str, Any], update_existing: bool, keep_completed: bool = True
 ) -> tuple[int, str]:
-    """Insert a run row keyed by ``config_hash``; on conflict update it (or leave it alone;
-    a completed row is always left alone when ``keep_completed``).
+    """Insert a run row keyed by ``run_key``; on conflict update it (or leave it alone; a
+    completed row is always left alone when ``keep_completed``).
 
-    One statement, so two processes starting the same cell at once cannot both insert. Returns
+    One statement, so two processes starting the same run at once cannot both insert. Returns
     the run id and its status afterwards. SQLite and PostgreSQL use ``INSERT .. ON CONFLICT``;
     other dialects fall back to select-then-write inside the (already locked) transaction.
     """
-    name = conn.dialect.name
-    if name in ("sqlite", "postgresql"):
-        if name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        stmt = dialect_insert(Run).values(**values)
+    stmt = _dialect_insert(conn, Run)
+    if stmt is not None:
+        stmt = stmt.values(**values)
         if update_existing:
-            fields = {k: stmt.excluded[k] for k in values if k != "config_hash"}
+            fields = {k: stmt.excluded[k] for k in values if k != "run_key"}
             stmt = stmt.on_conflict_do_update(
-                index_elements=[Run.config_hash],
+                index_elements=[Run.run_key],
                 set_=fields,
                 where=(Run.status != COMPLETED) if keep_completed else None,
             )
         else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=[Run.config_hash])
+            stmt = stmt.on_conflict_do_nothing(index_elements=[Run.run_key])
         conn.execute(stmt)
     else:
         existing = conn.execute(
-            select(Run.id, Run.status).where(Run.config_hash == values["config_hash"])
+            select(Run.id, Run.status).where(Run.run_key == values["run_key"])
         ).first()
         if existing is None:
             conn.execute(insert(Run).values(**values))
         elif update_existing and not (keep_completed and existing.status == COMPLETED):
             conn.execute(update(Run).where(Run.id == existing.id).values(**values))
-    row = conn.execute(
-        select(Run.id, Run.status).where(Run.config_hash == values["config_hash"])
-    ).one()
+    row = conn.execute(select(Run.id, Run.status).where(Run.run_key == values["run_key"])).one()
     return row.id, row.status
 
 
-def add_pending(engine: Engine, runs: list[dict[str, Any]]) -> int:
-    """Record cells that a multirun is about to launch as pending; existing rows are kept.
+def link(conn: Connection, sweep: str, run_ids: list[int]) -> None:
+    """Record that ``sweep`` asked for these runs (idempotent)."""
+    if not run_ids:
+        return
+    rows = [{"sweep": sweep, "run_id": int(i)} for i in set(run_ids)]
+    stmt = _dialect_insert(conn, SweepRun)
+    if stmt is not None:
+        conn.execute(stmt.values(rows).on_conflict_do_nothing())
+        return
+    have = set(
+        conn.execute(
+            select(SweepRun.run_id).where(
+                SweepRun.sweep == sweep, SweepRun.run_id.in_([r["run_id"] for r in rows])
+            )
+        ).scalars()
+    )
+    new = [r for r in rows if r["run_id"] not in have]
+    if new:
+        conn.execute(insert(SweepRun), new)
+
+
+def add_pending(engine: Engine, requests: list[tuple[str, list[dict[str, Any]]]]) -> int:
+    """Record the runs a multirun is about to launch as pending (existing rows are kept) and
+    link them to their sweep. ``requests``: (sweep, [run row fields with ``run_key``]).
+    Runs already satisfied by another completed run are linked by the caller instead.
 
     Returns how many rows were new.
     """
-    new = 0
     with engine.begin() as conn:
         before = conn.execute(select(func.count()).select_from(Run)).scalar()
-        for fields in runs:
-            _upsert(conn, {**fields, "status": PENDING}, update_existing=False)
-        new = conn.execute(select(func.count()).select_from(Run)).scalar() - before
-    return new
+        for sweep, rows in requests:
+            ids = [_upsert(conn, {**f, "status": PENDING}, update_existing=False)[0] for f in rows]
+            link(conn, sweep, ids)
+        return conn.execute(select(func.count()).select_from(Run)).scalar() - before
 
 
-def start_run(engine: Engine, fields: dict[str, Any], rerun_completed: bool = False) -> int | None:
-    """Insert, or reset (a pending cell, a rerun of a failed or interrupted job), the run row
-    with status running. Returns the run id (the config hash keeps one row per cell), or None
-    if the cell is completed already and ``rerun_completed`` is false: a job that raced
-    another one for the same cell must not turn a finished result back into a running one."""
+def claim_runs(
+    engine: Engine, rows: list[dict[str, Any]], sweep: str, rerun_completed: bool = False
+) -> dict[int, int]:
+    """Insert, or reset (pending, or a rerun of a failed or interrupted job), one run row per
+    seed with status running, and link them to ``sweep``. Returns ``seed -> run id`` for the
+    rows this job now runs; a seed completed meanwhile by another job is left out (unless
+    ``rerun_completed``): a job that raced another one for the same run must not turn a
+    finished result back into a running one."""
     now = _now()
-    values = {
-        **fields,
-        "status": RUNNING,
-        "started_at": now,
-        "heartbeat_at": now,
-        "finished_at": None,
-        "error": None,
-    }
+    claimed: dict[int, int] = {}
     with engine.begin() as conn:
-        run_id, status = _upsert(
-            conn, values, update_existing=True, keep_completed=not rerun_completed
-        )
-    return run_id if status == RUNNING else None
+        for fields in rows:
+            values = {
+                **fields,
+                "status": RUNNING,
+                "started_at": now,
+                "heartbeat_at": now,
+                "finished_at": None,
+                "error": None,
+            }
+            run_id, status = _upsert(
+                conn, values, update_existing=True, keep_completed=not rerun_completed
+            )
+            if status == RUNNING:
+                claimed[int(fields["seed"])] = run_id
+        link(conn, sweep, list(claimed.values()))
+    return claimed
 
 
-def _lock_run(conn: Connection, run_id: int) -> str | None:
-    """Lock the run row until the transaction ends (PostgreSQL: FOR UPDATE; SQLite: the whole
-    database is already locked by BEGIN IMMEDIATE) and return its status."""
-    return conn.execute(select(Run.status).where(Run.id == run_id).with_for_update()).scalar()
+def _lock_runs(conn: Connection, run_ids: list[int]) -> dict[int, str]:
+    """Lock the run rows until the transaction ends (PostgreSQL: FOR UPDATE; SQLite: the
+    whole database is already locked by BEGIN IMMEDIATE) and return their statuses."""
+    rows = conn.execute(select(Run.id, Run.status).where(Run.id.in_(run_ids)).with_for_update())
+    return {r.id: r.status for r in rows}
 
 
-def finish_run(
+def finish_runs(
     engine: Engine,
-    run_id: int,
-    seeds: np.ndarray,
+    run_ids: dict[int, int],
     metrics: dict[str, np.ndarray],
     steps: dict[str, np.ndarray],
     summary: dict[str, np.ndarray],
+    seeds: np.ndarray,
     extra: dict[str, Any] | None = None,
     before_commit: Callable[[], None] | None = None,
 ) -> int | None:
-    """Write a job's metrics and summaries and mark it completed: one transaction, in bulk.
+    """Write a job's metrics and summaries and mark its runs completed: one transaction, in
+    bulk. ``run_ids``: seed -> run id; row ``i`` of every array is seed ``seeds[i]``.
 
-    Returns the number of metric rows written, or None when the run was already completed
-    by another job of the same cell (it then stays as that job wrote it: exactly once).
+    A run completed meanwhile by another job is left as that job wrote it (exactly once).
+    Returns the number of metric rows written, or None when every run was already completed.
     ``before_commit`` runs inside the transaction just before the commit (tests use it to
     kill a job mid-write).
     """
-    metric_rows = []
-    for name, values in metrics.items():
-        values = np.asarray(values, dtype=np.float64)
-        step_list = [int(s) for s in steps[name]]
-        for i, seed in enumerate(seeds):
-            seed = int(seed)
-            metric_rows.extend(
-                {"run_id": run_id, "seed": seed, "name": name, "step": s, "value": _finite(v)}
-                for s, v in zip(step_list, values[i].tolist(), strict=True)
-            )
-    summary_rows = [
-        {"run_id": run_id, "seed": int(seed), "name": name, "value": _finite(v)}
-        for name, vals in summary.items()
-        for seed, v in zip(seeds, np.asarray(vals, dtype=np.float64).tolist(), strict=True)
-    ]
     with engine.begin() as conn:
-        if _lock_run(conn, run_id) == COMPLETED:
+        status = _lock_runs(conn, list(run_ids.values()))
+        todo = {
+            i: run_ids[int(s)]
+            for i, s in enumerate(seeds)
+            if int(s) in run_ids and status.get(run_ids[int(s)]) != COMPLETED
+        }
+        if not todo:
             return None
-        conn.execute(delete(Metric).where(Metric.run_id == run_id))
-        conn.execute(delete(Summary).where(Summary.run_id == run_id))
+        metric_rows = []
+        for name, values in metrics.items():
+            values = np.asarray(values, dtype=np.float64)
+            step_list = [int(s) for s in steps[name]]
+            for i, run_id in todo.items():
+                metric_rows.extend(
+                    {"run_id": run_id, "name": name, "step": s, "value": _finite(v)}
+                    for s, v in zip(step_list, values[i].tolist(), strict=True)
+                )
+        summary_rows = [
+            {"run_id": run_id, "name": name, "value": _finite(float(np.asarray(vals)[i]))}
+            for name, vals in summary.items()
+            for i, run_id in todo.items()
+        ]
+        ids = list(todo.values())
+        conn.execute(delete(Metric).where(Metric.run_id.in_(ids)))
+        conn.execute(delete(Summary).where(Summary.run_id.in_(ids)))
         if metric_rows:
             conn.execute(insert(Metric), metric_rows)
         if summary_rows:
@@ -451,7 +531,7 @@ def finish_run(
         now = _now()
         conn.execute(
             update(Run)
-            .where(Run.id == run_id)
+            .where(Run.id.in_(ids))
             .values(
                 status=COMPLETED, finished_at=now, heartbeat_at=now, error=None, **(extra or {})
             )
@@ -461,28 +541,24 @@ def finish_run(
     return len(metric_rows)
 
 
-def fail_run(engine: Engine, run_id: int, error: str, status: str = FAILED) -> None:
-    """Mark a run failed (or timeout / preempted) with its error text, unless it completed."""
+def fail_runs(engine: Engine, run_ids: list[int], error: str, status: str = FAILED) -> None:
+    """Mark runs failed (or timeout / preempted) with the error text, unless completed."""
     now = _now()
     with engine.begin() as conn:
         conn.execute(
             update(Run)
-            .where(Run.id == run_id, Run.status != COMPLETED)
+            .where(Run.id.in_(run_ids), Run.status != COMPLETED)
             .values(status=status, finished_at=now, heartbeat_at=now, error=error)
         )
 
 
-def heartbeat(engine: Engine, run_id: int, status: str | None = None) -> None:
-    """Refresh a live run's ``heartbeat_at`` (and optionally its status): one short UPDATE."""
+def heartbeat(engine: Engine, run_ids: list[int], status: str | None = None) -> None:
+    """Refresh live runs' ``heartbeat_at`` (and optionally their status): one short UPDATE."""
     values: dict[str, Any] = {"heartbeat_at": _now()}
     if status is not None:
         values["status"] = status
     with engine.begin() as conn:
-        conn.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status.in_((RUNNING, PREEMPTED, TIMEOUT)))
-            .values(**values)
-        )
+        conn.execute(update(Run).where(Run.id.in_(run_ids), Run.status.in_(LIVE)).values(**values))
 
 
 def mark_dead(engine: Engine, run_ids: list[int], error: str) -> int:
@@ -493,7 +569,7 @@ def mark_dead(engine: Engine, run_ids: list[int], error: str) -> int:
     with engine.begin() as conn:
         res = conn.execute(
             update(Run)
-            .where(Run.id.in_(run_ids), Run.status.in_((RUNNING, PREEMPTED, TIMEOUT)))
+            .where(Run.id.in_(run_ids), Run.status.in_(LIVE))
             .values(status=FAILED, finished_at=now, error=error)
         )
         return res.rowcount

@@ -3,8 +3,8 @@
 With ``db.stage=true`` each job writes its run to ``results.sqlite`` in its own output
 directory: one writer per file, nothing shared, safe on the NFS home of a cluster where
 SQLite's locking is not. The launching process merges them into ``db.url`` when the multirun
-ends, and this command does the same at any time. The merge is idempotent and keyed by config
-hash: a run already completed in the main database is left alone; otherwise the staged row
+ends, and this command does the same at any time. The merge is idempotent and keyed by run
+key (cell, seed, extras): a run already completed in the main database is left alone; otherwise the staged row
 replaces the main one, with its metrics and summaries, in one transaction per run. Running it
 twice, or on stores that overlap, changes nothing the second time.
 
@@ -24,9 +24,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 
 from tpo_sweeps import db
-
-STAGED_STORE = "results.sqlite"
-
+from tpo_sweeps.store import STAGED_STORE
 
 def find_stores(paths: Iterable[Path]) -> list[Path]:
     """Staged stores: the files given, and every ``results.sqlite`` under the directories."""
@@ -45,30 +43,37 @@ _COPIED = [c.name for c in db.Run.__table__.columns if c.name != "id"]
 def merge_store(src: Engine, dst: Engine) -> Counter:
     """Upsert every run of ``src`` into ``dst`` (see the module docstring); counts by outcome."""
     counts: Counter = Counter()
-    M, S = db.Metric, db.Summary
+    M, S, L = db.Metric, db.Summary, db.SweepRun
     with src.connect() as s:
         runs = s.execute(select(db.Run.__table__)).mappings().all()
+        sweeps: dict[int, list[str]] = {}
+        for row in s.execute(select(L.run_id, L.sweep)):
+            sweeps.setdefault(row.run_id, []).append(row.sweep)
     for run in runs:
         with dst.begin() as d:
             current = d.execute(
-                select(db.Run.status)
-                .where(db.Run.config_hash == run["config_hash"])
+                select(db.Run.id, db.Run.status)
+                .where(db.Run.run_key == run["run_key"])
                 .with_for_update()
-            ).scalar()
-            if current == db.COMPLETED:
+            ).first()
+            if current is not None and current.status == db.COMPLETED:
+                for sweep in sweeps.get(run["id"], [run["sweep"]]):
+                    db.link(d, sweep, [current.id])
                 counts["already completed"] += 1
                 continue
             run_id, _ = db._upsert(d, {k: run[k] for k in _COPIED}, update_existing=True)
+            for sweep in sweeps.get(run["id"], [run["sweep"]]):
+                db.link(d, sweep, [run_id])
             d.execute(delete(M).where(M.run_id == run_id))
             d.execute(delete(S).where(S.run_id == run_id))
             if run["status"] == db.COMPLETED:
                 with src.connect() as s:
                     metrics = s.execute(
-                        select(M.seed, M.name, M.step, M.value).where(M.run_id == run["id"])
+                        select(M.name, M.step, M.value).where(M.run_id == run["id"])
                     ).mappings()
                     rows = [{**m, "run_id": run_id} for m in metrics]
                     summaries = s.execute(
-                        select(S.seed, S.name, S.value).where(S.run_id == run["id"])
+                        select(S.name, S.value).where(S.run_id == run["id"])
                     ).mappings()
                     summary_rows = [{**m, "run_id": run_id} for m in summaries]
                 if rows:

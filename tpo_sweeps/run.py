@@ -1,10 +1,11 @@
 """Entry point: ``python -m tpo_sweeps [-m] experiment=<id> [overrides]``.
 
-One Hydra job = one static config cell (algorithm × task × shapes) whose ``num_seeds`` seeds
-run in one compiled program. The job skips itself if ``db.url`` already holds a completed run
-with the same config hash; otherwise it records itself as running, trains, and writes all its
-metrics in one transaction. A job that raises is stored as failed with its error text, then
-re-raised so Hydra reports it (the other jobs of a multirun still run).
+One Hydra job = one config cell (``tpo_sweeps.identity``: the effective config) and the seeds
+``seed .. seed + num_seeds - 1``. The job reads as: resolve the cell → skip the seeds the
+database already holds (from any sweep, job or machine) → train the missing seeds in one
+compiled program → store them in one transaction (``tpo_sweeps.store.RunStore``). A job that
+raises is stored as failed with its error text, then re-raised so Hydra reports it (the other
+jobs of a multirun still run).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tpo_sweeps import config as C
-from tpo_sweeps import db
+from tpo_sweeps import db, identity
 from tpo_sweeps.provenance import provenance
+from tpo_sweeps.store import RunStore
 from tpo_sweeps.supervise import Heartbeat, Progress, SlurmSignals
 
 log = logging.getLogger("tpo_sweeps")
@@ -38,25 +40,6 @@ def _config_dir() -> str:
         if (candidate / "config.yaml").exists():
             return str(candidate)
     raise FileNotFoundError("tpo-sweeps: cannot find conf/config.yaml")
-
-
-def _promoted(cfg: C.Config) -> dict:
-    a, t = cfg.algorithm, cfg.task
-    return {
-        "sweep": cfg.name,
-        "algorithm": a.name,
-        "task": t.name,
-        "optimizer": cfg.optimizer.name,
-        "seed": cfg.seed,
-        "num_seeds": cfg.num_seeds,
-        "steps": t.steps,
-        "epochs": a.epochs,
-        "K": getattr(t, "K", None) or getattr(t, "num_actions", None),
-        "eta": getattr(a, "eta", None),
-        "H": getattr(t, "H", None),
-        "V": getattr(t, "V", None),
-        "match": getattr(t, "match", None),
-    }
 
 
 def _overrides() -> list[str]:
@@ -90,66 +73,35 @@ def _job_dir() -> Path:
         return Path.cwd()
 
 
-def staged_url(job_dir: Path) -> str:
-    """The per-job SQLite store of ``db.stage=true`` (merged later by ``tpo_sweeps merge``)."""
-    from tpo_sweeps.merge import STAGED_STORE
-
-    return f"sqlite:///{(job_dir / STAGED_STORE).resolve()}"
-
-
-def _open_main_for_reading(cfg: C.Config):
-    """Staged mode reads the main database only to skip completed cells; it may not exist."""
-    try:
-        return db.connect(cfg.db.url, cfg.db.busy_timeout_s, create=False, migrate=False)
-    except db.DatabaseUnavailable as e:
-        log.info("staged job: not checking %s for completed runs (%s)", cfg.db.url, e)
-        return None
-
-
-def _completed_run(engine, chash: str) -> dict | None:
-    """The skip result if ``chash`` is completed in ``engine``'s database, else None."""
-    found = db.find_run(engine, chash)
-    if found is None or found[1] != db.COMPLETED:
-        return None
-    log.info("skip: run %d (%s) is already completed", found[0], chash[:12])
-    return {"status": "skipped", "run_id": found[0]}
-
-
 def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
-    """Run one job described by a typed config; returns a small status dict.
+    """Run one job: resolve its cell, skip the seeds already stored, train the missing ones in
+    one compiled program, store them. Returns a small status dict.
 
     Writes go to ``db.url`` (or, with ``db.stage``, to ``results.sqlite`` in the job's output
     directory). Inside a multirun the schema was created or migrated by the multirun's start
     callback, so the job only checks its version.
     """
-    config_dict = C.as_dict(cfg)
-    chash = db.config_hash(config_dict)
-    if cfg.db.stage and cfg.skip_completed:
-        main_engine = _open_main_for_reading(cfg)
-        if main_engine is not None:
-            done = _completed_run(main_engine, chash)
-            main_engine.dispose()
-            if done is not None:
-                return done
-    url = staged_url(_job_dir()) if cfg.db.stage else cfg.db.url
-    engine = db.connect(url, cfg.db.busy_timeout_s, migrate=not _in_multirun())
-    try:
-        done = _completed_run(engine, chash) if cfg.skip_completed else None
-        if done is not None:
-            return done
+    ident = identity.identify(cfg)
+    overrides = overrides if overrides is not None else _overrides()
+    with RunStore.for_job(cfg, _job_dir(), _in_multirun()) as store:
+        stored = store.stored(ident) if cfg.skip_completed else {}
+        store.link(cfg.name, list(stored.values()))
+        todo = [s for s in ident.seeds if s not in stored]
+        if not todo:
+            log.info("skip: all %d seed(s) of cell %s are stored", len(stored), ident.cell[:12])
+            return {"status": "skipped", "run_ids": stored}
+        if stored:
+            log.info(
+                "cell %s: %d seed(s) stored, computing %d", ident.cell[:12], len(stored), len(todo)
+            )
         _configure_jax(cfg.hardware, cfg.x64)
-        fields = {
-            **_promoted(cfg),
-            "config_hash": chash,
-            "overrides": overrides if overrides is not None else _overrides(),
-            "config": config_dict,
-            **provenance(),
-        }
-        run_id = db.start_run(engine, fields, rerun_completed=not cfg.skip_completed)
-        if run_id is None:
-            log.info("skip: %s was completed by another job meanwhile", chash[:12])
-            return {"status": "skipped", "run_id": db.find_run(engine, chash)[0]}
-        beat = Heartbeat(engine, run_id, cfg.db.heartbeat_s)
+        seeds = store.start(
+            ident, todo, overrides, provenance(), rerun_completed=not cfg.skip_completed
+        )
+        if not seeds:
+            log.info("skip: cell %s was completed by another job meanwhile", ident.cell[:12])
+            return {"status": "skipped", "run_ids": stored}
+        beat = Heartbeat(store.heartbeat, cfg.db.heartbeat_s)
 
         def on_term() -> None:  # SIGTERM: SLURM will SIGKILL after KillWait; say so now
             beat.status = db.PREEMPTED
@@ -158,55 +110,46 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
         signals = SlurmSignals(on_term=on_term)
         with beat, signals:
             try:
-                result, resumed_from, ckpt = _train(cfg, chash, signals, run_id)
+                result, resumed_from, ckpt = _train(cfg, ident, seeds, signals)
                 pause = cfg.debug.pause_in_write_s
-                rows = db.finish_run(
-                    engine,
-                    run_id,
-                    result.seeds,
-                    result.metrics,
-                    result.steps,
-                    result.summary,
-                    extra={"compile_s": result.compile_s, "run_s": result.run_s},
+                rows = store.finish(
+                    result,
                     before_commit=(lambda: _pause_in_write(pause)) if pause > 0 else None,
                 )
             except BaseException as e:
                 status = signals.status if isinstance(e, SystemExit) else None
-                db.fail_run(
-                    engine,
-                    run_id,
-                    "".join(traceback.format_exception(e)).strip(),
-                    status=status or db.FAILED,
-                )
+                store.fail("".join(traceback.format_exception(e)).strip(), status or db.FAILED)
                 raise
         if ckpt is not None and not cfg.checkpoint.keep:
             ckpt.clear()
+        run_ids = {**stored, **store.run_ids}
         if rows is None:
-            log.info("run %d was completed by another job meanwhile; kept that result", run_id)
-            return {"status": "skipped", "run_id": run_id}
+            log.info(
+                "cell %s was completed by another job meanwhile; kept that result", ident.cell[:12]
+            )
+            return {"status": "skipped", "run_ids": run_ids}
         log.info(
-            "run %d %s/%s: %d seeds, compile %.2fs, run %.2fs, %d metric rows -> %s%s",
-            run_id,
+            "cell %s %s/%s: %d seed(s), compile %.2fs, run %.2fs, %d metric rows -> %s%s",
+            ident.cell[:12],
             cfg.algorithm.name,
             cfg.task.name,
-            cfg.num_seeds,
+            len(seeds),
             result.compile_s,
             result.run_s,
             rows,
-            url,
+            store.url,
             f" (resumed at point {resumed_from})" if resumed_from else "",
         )
         return {
             "status": "completed",
-            "run_id": run_id,
+            "run_ids": run_ids,
+            "seeds": seeds,
             "summary": result.summary,
             "resumed_from": resumed_from,
         }
-    finally:
-        engine.dispose()
 
 
-def _train(cfg: C.Config, chash: str, signals: SlurmSignals, run_id: int):
+def _train(cfg: C.Config, ident: identity.Identity, seed_list: list[int], signals: SlurmSignals):
     """Build and run the program, with checkpoints and progress between chunks.
 
     Returns ``(result, points resumed from, checkpointer or None)``.
@@ -219,18 +162,22 @@ def _train(cfg: C.Config, chash: str, signals: SlurmSignals, run_id: int):
     if cfg.debug.fail or cfg.algorithm.name in cfg.debug.fail_algorithms:
         raise RuntimeError("debug.fail: failure injected on purpose")
     program = tasks.build(cfg)
-    seeds = np.arange(cfg.seed, cfg.seed + cfg.num_seeds)
+    seeds = np.asarray(seed_list)
     total = program.num_points
     every = cfg.checkpoint.every
-    ckpt = Checkpointer(cfg.checkpoint.dir, chash) if every else None
+    # one checkpoint per (cell, seeds of this job): a job with other seeds starts afresh
+    key = ident.job_key(seed_list)
+    ckpt = Checkpointer(cfg.checkpoint.dir, key) if every else None
     start = ckpt.load(program, seeds) if ckpt is not None else None
     resumed_from = start[0] if start is not None else 0
     if resumed_from:
-        log.info("run %d resumes from its checkpoint at point %d/%d", run_id, resumed_from, total)
+        log.info(
+            "cell %s resumes from its checkpoint at point %d/%d", key[:12], resumed_from, total
+        )
     chunk = min((n for n in (every, cfg.progress.every) if n > 0), default=0) or None
     progress = None
     if chunk:
-        label = f"run {run_id} {cfg.algorithm.name}/{cfg.task.name}"
+        label = f"{cfg.name} {cfg.algorithm.name}/{cfg.task.name}"
         # a bar only when asked for and on a terminal; else throttled log lines
         bar = None if cfg.progress.every > 0 else False
         progress = Progress(total, label, resumed_from, bar=bar)
@@ -310,6 +257,9 @@ COMMANDS = {
     "status": ("tpo_sweeps.status", "main"),  # a sweep's cells by status; --relaunch
     "merge": ("tpo_sweeps.merge", "main"),  # staged per-job stores -> db.url
     "migrate": ("tpo_sweeps.merge", "migrate_main"),  # create/migrate the schema once
+    "plan": ("tpo_sweeps.plan", "main"),  # what a sweep or campaign will compute and cost
+    "export": ("tpo_sweeps.bundle", "export_main"),  # completed runs -> bundle files
+    "import": ("tpo_sweeps.bundle", "import_main"),  # bundle files -> db.url (idempotent)
 }
 
 

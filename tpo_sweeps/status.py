@@ -67,7 +67,9 @@ def _refresh(sweep: S.Sweep, args: argparse.Namespace, mark_dead: bool) -> str |
     try:
         S.refresh(sweep, engines, args.stale_after)
         if mark_dead and engines:
-            dead = [c.run_id for c in sweep.cells if c.status == S.DEAD]
+            dead = [
+                i for c in sweep.cells for s, i in c.run_ids.items() if c.seed_status[s] == S.DEAD
+            ]
             n = db.mark_dead(engines[0], dead, "no heartbeat: the job died (marked by status)")
             print(f"marked {n} dead run(s) failed", file=sys.stderr)
             S.refresh(sweep, engines, args.stale_after)
@@ -115,9 +117,11 @@ def _print(sweep: S.Sweep, as_json: bool) -> None:
         for c in sweep.cells:
             row = {
                 "cell": {k: v for k, v in map(S._split, c.overrides) if k in keys},
-                "config_hash": c.config_hash,
+                "sweep": c.config.name,
+                "cell_hash": c.config_hash,
+                "seeds": {str(k): v for k, v in c.seed_status.items()},
                 "status": c.status,
-                "run_id": c.run_id,
+                "run_ids": {str(k): v for k, v in c.run_ids.items()},
                 "heartbeat_at": c.heartbeat_at.isoformat() if c.heartbeat_at else None,
                 "slurm_job_id": c.slurm_job_id,
                 "error": _last_line(c.error),
@@ -130,18 +134,19 @@ def _print(sweep: S.Sweep, as_json: bool) -> None:
         for i, c in enumerate(sweep.cells):
             cell = " ".join(o for o in c.overrides if S._split(o)[0] in keys) or "(single cell)"
             error = (_last_line(c.error) or "")[:60]
+            done = sum(v == db.COMPLETED for v in c.seed_status.values())
             rows.append(
                 [
                     i,
                     cell,
                     c.status,
-                    c.run_id or "",
+                    f"{done}/{len(c.seed_status)}",
                     _age(c.heartbeat_at),
                     c.slurm_job_id or "",
                     error,
                 ]
             )
-        headers = ["#", "cell", "status", "run", "heartbeat", "slurm job", "error"]
+        headers = ["#", "cell", "status", "seeds done", "heartbeat", "slurm job", "error"]
         print(tabulate(rows, headers=headers))
     counts = sweep.counts()
     summary = ", ".join(f"{n} {s}" for s, n in counts.most_common())

@@ -22,9 +22,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
-
-from sqlalchemy.engine import Engine
 
 from tpo_sweeps import db
 
@@ -32,10 +31,11 @@ log = logging.getLogger("tpo_sweeps")
 
 
 class Heartbeat:
-    """Refresh ``runs.heartbeat_at`` from a background thread; ``poke`` beats at once."""
+    """Call ``beat(status)`` (``RunStore.heartbeat``: refresh the job's runs'
+    ``heartbeat_at``) from a background thread every ``every_s``; ``poke`` beats at once."""
 
-    def __init__(self, engine: Engine, run_id: int, every_s: float):
-        self.engine, self.run_id, self.every_s = engine, run_id, every_s
+    def __init__(self, beat: Callable[[str | None], None], every_s: float):
+        self.beat, self.every_s = beat, every_s
         self.status: str | None = None  # written with the next beat (preempted after SIGTERM)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -62,9 +62,9 @@ class Heartbeat:
             if self._stop.is_set():
                 return
             try:
-                db.heartbeat(self.engine, self.run_id, self.status)
+                self.beat(self.status)
             except Exception as e:  # a missed beat is not worth stopping the run for
-                log.warning("heartbeat of run %d failed: %s", self.run_id, e)
+                log.warning("heartbeat failed: %s", e)
 
 
 class SlurmSignals:

@@ -1,10 +1,12 @@
 """A sweep's cells, as Hydra's basic sweeper would launch them, and their status in the database.
 
-``cells`` expands a command line (``experiment=<id> algorithm=tpo,pg ...``) exactly like
-``python -m tpo_sweeps -m`` does: the experiment's ``hydra.sweeper.params`` plus the command
-line's own sweeps, through ``BasicSweeper.split_arguments``. Each cell's config is composed and
-hashed the way its job will hash it, so the database answers which cells are missing, pending,
-running, dead, completed or failed without any bookkeeping of its own. ``relaunch_commands``
+``expand`` turns a command line (``experiment=<id> algorithm=tpo,pg ...``) into its cells
+exactly like ``python -m tpo_sweeps -m`` does: the experiment's ``hydra.sweeper.params`` plus
+the command line's own sweeps, through ``BasicSweeper.split_arguments``; a campaign preset
+(``experiment=paper``) gives the cells of every member preset. Each cell's config is composed
+and identified the way its job will (``tpo_sweeps.identity``), so the database answers which
+of its seeds are missing, pending, running, dead, completed or failed without any bookkeeping
+of its own, whichever sweep or machine stored them. ``relaunch_commands``
 covers the cells that need another go with as few multirun commands as possible.
 """
 
@@ -25,6 +27,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from tpo_sweeps import config as C
 from tpo_sweeps import db
+from tpo_sweeps import identity as I
+from tpo_sweeps.store import run_row
 
 MISSING, DEAD = "missing", "dead"
 # what `status --relaunch` runs again: never started, failed, or whose job is gone
@@ -35,23 +39,44 @@ RELAUNCH = (MISSING, db.FAILED, db.TIMEOUT, DEAD)
 class Cell:
     overrides: list[str]  # the job's overrides, as the sweeper passes them
     config: C.Config
-    config_hash: str
-    status: str = MISSING
-    run_id: int | None = None
+    ident: I.Identity
+    status: str = MISSING  # of the whole cell: see ``cell_status``
+    seed_status: dict[int, str] = field(default_factory=dict)
+    run_ids: dict[int, int] = field(default_factory=dict)  # seed -> run serving it
     heartbeat_at: dt.datetime | None = None
     slurm_job_id: str | None = None
     error: str | None = None
 
-    def fields(self) -> dict[str, Any]:
-        """The run row of this cell, as the job will write it (without provenance)."""
-        from tpo_sweeps.run import _promoted
+    @property
+    def config_hash(self) -> str:
+        return self.ident.cell
 
-        return {
-            **_promoted(self.config),
-            "config_hash": self.config_hash,
-            "overrides": self.overrides,
-            "config": C.as_dict(self.config),
-        }
+    @property
+    def run_id(self) -> int | None:
+        return min(self.run_ids.values()) if self.run_ids else None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The run rows of this cell's seeds, as its job will write them (no provenance)."""
+        return [run_row(self.ident, s, self.overrides) for s in self.ident.seeds]
+
+
+# how a cell's seed statuses sum up, most urgent first: a cell is running while any seed
+# runs, failed while any failed, ... and completed only when every seed is
+_PRECEDENCE = (
+    db.RUNNING,
+    db.PREEMPTED,
+    DEAD,
+    db.FAILED,
+    db.TIMEOUT,
+    db.PENDING,
+    MISSING,
+    db.COMPLETED,
+)
+
+
+def cell_status(seed_status: dict[int, str]) -> str:
+    present = set(seed_status.values())
+    return next(s for s in _PRECEDENCE if s in present) if present else MISSING
 
 
 @dataclass
@@ -107,7 +132,8 @@ def _with_hydra(fn):
 
 
 def expand(args: list[str]) -> Sweep:
-    """The sweep a ``python -m tpo_sweeps -m <args>`` command line would launch."""
+    """The sweep a ``python -m tpo_sweeps -m <args>`` command line would launch; for a
+    campaign preset (``experiment=paper``), the cells of all its member presets."""
     C.register_configs()
     hydra_args = [a for a in args if is_hydra_override(a)]
     task_args = [a for a in args if not is_hydra_override(a)]
@@ -116,16 +142,41 @@ def expand(args: list[str]) -> Sweep:
         parsed = OverridesParser.create().parse_overrides(task_args)
         fixed = [a for a, o in zip(task_args, parsed, strict=True) if not o.is_sweep_override()]
         primary = _compose(fixed + hydra_args, hydra_config=True)
+        members = list(primary.get("campaign") or [])
+        if members:
+            return _campaign(primary, members, task_args, hydra_args)
         params = dict(primary.hydra.sweeper.get("params") or {})
         return _sweep(primary, split_cells(task_args, params), hydra_args)
 
     return _with_hydra(build)
 
 
+def member_args(task_args: list[str], member: str) -> list[str]:
+    """A campaign's command line for one of its member presets."""
+    rest = [a for a in task_args if a.lstrip("+~").split("=")[0] != "experiment"]
+    return [f"experiment={member}", *rest]
+
+
+def _campaign(primary, members: list[str], task_args: list[str], hydra_args: list[str]) -> Sweep:
+    cells: list[Cell] = []
+    for member in members:
+        cells += expand(member_args(task_args, member) + hydra_args).cells
+    return Sweep(
+        name=str(primary.name),
+        cells=cells,
+        hydra_overrides=hydra_args,
+        db_url=str(primary.db.url),
+        heartbeat_s=float(primary.db.heartbeat_s),
+    )
+
+
 def from_multirun_config(config) -> Sweep:
     """The sweep of a running multirun, from its primary config (Hydra callbacks)."""
-    params = dict(config.hydra.sweeper.get("params") or {})
     task = list(config.hydra.overrides.task)
+    members = list(config.get("campaign") or [])
+    if members:
+        return _with_hydra(lambda: _campaign(config, members, task, []))
+    params = dict(config.hydra.sweeper.get("params") or {})
     return _with_hydra(lambda: _sweep(config, split_cells(task, params), []))
 
 
@@ -133,7 +184,7 @@ def _sweep(primary, batch: list[list[str]], hydra_args: list[str]) -> Sweep:
     cells = []
     for overrides in batch:
         cfg = C.to_config(_compose(overrides))
-        cells.append(Cell(overrides, cfg, db.config_hash(C.as_dict(cfg))))
+        cells.append(Cell(overrides, cfg, I.identify(cfg)))
     return Sweep(
         name=str(primary.name),
         cells=cells,
@@ -144,33 +195,70 @@ def _sweep(primary, batch: list[list[str]], hydra_args: list[str]) -> Sweep:
 
 
 def refresh(sweep: Sweep, engines: list, stale_after_s: float | None = None) -> Sweep:
-    """Fill each cell's status from the databases (later engines win unless a cell is
-    completed in an earlier one); a live status whose heartbeat is older than
-    ``stale_after_s`` (default: 3 heartbeats + 60 s) becomes ``dead``."""
+    """Fill each cell's per-seed status from the databases: a seed is completed when any
+    database holds a completed run serving it (``identity.satisfies``); otherwise it takes
+    the status of the run with its own run key (later engines win), and a live status whose
+    heartbeat is older than ``stale_after_s`` (default: 3 heartbeats + 60 s) becomes
+    ``dead``. A cell's status sums its seeds' (``cell_status``)."""
     stale = stale_after_s if stale_after_s is not None else 3 * sweep.heartbeat_s + 60.0
-    hashes = [c.config_hash for c in sweep.cells]
-    rows: dict[str, Any] = {}
+    cells = sorted({c.ident.cell for c in sweep.cells})
+    rows: list[Any] = []
     for engine in engines:
-        for chash, row in db.runs_by_hash(engine, hashes).items():
-            if rows.get(chash) is None or rows[chash].status != db.COMPLETED:
-                rows[chash] = row
+        rows += db.satisfying_runs(engine, cells, statuses=None)
+    by_cell: dict[str, list[Any]] = {}
+    for row in rows:
+        by_cell.setdefault(row.cell_hash, []).append(row)
     now = db._now()
     for cell in sweep.cells:
-        row = rows.get(cell.config_hash)
-        if row is None:
-            cell.status, cell.run_id = MISSING, None
-            continue
-        cell.status, cell.run_id = row.status, row.id
-        cell.heartbeat_at, cell.slurm_job_id, cell.error = (
-            row.heartbeat_at,
-            row.slurm_job_id,
-            row.error,
-        )
-        live = (db.RUNNING, db.PREEMPTED)
-        if row.status in live and row.heartbeat_at is not None:
-            if (now - row.heartbeat_at).total_seconds() > stale:
-                cell.status = DEAD
+        cell.seed_status, cell.run_ids = {}, {}
+        cell.heartbeat_at = cell.slurm_job_id = cell.error = None
+        candidates = by_cell.get(cell.ident.cell, [])
+        for seed in cell.ident.seeds:
+            key = cell.ident.run_key(seed)
+            done = [
+                r
+                for r in candidates
+                if r.seed == seed
+                and r.status == db.COMPLETED
+                and I.satisfies(db.extras_of(r), cell.ident.extras)
+            ]
+            own = [r for r in candidates if r.run_key == key]
+            if done:
+                row, status = done[-1], db.COMPLETED
+            elif own:
+                row, status = own[-1], own[-1].status
+                if status in db.LIVE and row.heartbeat_at is not None:
+                    if (now - row.heartbeat_at).total_seconds() > stale:
+                        status = DEAD
+                cell.heartbeat_at = max(filter(None, (cell.heartbeat_at, row.heartbeat_at)),
+                                        default=None)
+                cell.slurm_job_id = row.slurm_job_id or cell.slurm_job_id
+                cell.error = row.error or cell.error
+            else:
+                cell.seed_status[seed] = MISSING
+                continue
+            cell.seed_status[seed] = status
+            cell.run_ids[seed] = row.id
+        cell.status = cell_status(cell.seed_status)
     return sweep
+
+
+def record_pending(engine, sweep: Sweep) -> int:
+    """Link every cell's seeds to the sweep(s) that ask for them (the cell's preset, and the
+    campaign when there is one): seeds already served by a completed run are linked to it;
+    the others get a pending run row. Returns how many rows were new."""
+    refresh(sweep, [engine])
+    names = lambda cell: {cell.config.name, sweep.name}  # noqa: E731
+    with engine.begin() as conn:
+        for cell in sweep.cells:
+            done = [i for s, i in cell.run_ids.items() if cell.seed_status[s] == db.COMPLETED]
+            for name in names(cell):
+                db.link(conn, name, done)
+    requests = []
+    for cell in sweep.cells:
+        rows = [r for r in cell.rows() if cell.seed_status.get(r["seed"]) != db.COMPLETED]
+        requests += [(name, rows) for name in names(cell) if rows]
+    return db.add_pending(engine, requests)
 
 
 def open_databases(url: str, staged: list[Path]) -> list:
@@ -221,7 +309,15 @@ def relaunch_commands(sweep: Sweep, extra: list[str] | None = None) -> list[list
     base = [sys.executable, "-m", "tpo_sweeps", "-m"]
     # a fresh sweep directory: the old one's job folders 0..n would be reused and overwritten
     keep = [a for a in sweep.hydra_overrides if not a.startswith("hydra.sweep.")]
-    return [base + block + keep + list(extra or []) for block in relaunch_blocks(todo)]
+    # cells of a campaign come from several presets: cover each preset's cells on their own
+    groups: dict[tuple[str, ...], list[Cell]] = {}
+    for cell in todo:
+        groups.setdefault(tuple(k for k, _ in map(_split, cell.overrides)), []).append(cell)
+    return [
+        base + block + keep + list(extra or [])
+        for cells in groups.values()
+        for block in relaunch_blocks(cells)
+    ]
 
 
 def format_command(argv: list[str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tpo_sweeps import config as C
+from tpo_sweeps import identity
 from tpo_sweeps.tasks import mnist, reversal, tabular
 from tpo_sweeps.train import Program
 
@@ -17,7 +18,9 @@ TASKS: dict[str, Callable[[C.Config], Program]] = {
 
 
 def build(cfg: C.Config) -> Program:
-    """The training program of ``cfg``'s task and algorithm."""
+    """The training program of ``cfg``'s task and algorithm, built from its effective
+    config (``tpo_sweeps.identity.resolve``): what runs is what the run identity says."""
+    cfg = identity.resolve(cfg)
     try:
         builder = TASKS[cfg.task.name]
     except KeyError:

@@ -18,14 +18,14 @@ How the batch is laid out depends on the algorithm (``tpo_sweeps.algorithms``):
   the candidate axis = the H tokens, advantage = per-token reward minus the batch mean at that
   position.
 
+Interaction matching (``task.match``) is resolved into the batch and learning rate before
+the program is built (``tpo_sweeps.identity.resolve``, called by ``tasks.build``).
+
 Logged ``error`` is 1 - mean reward of the episode's rollouts *before* the update: over all
 B·K·H candidate rewards for sequence methods, over the B·H behaviour rewards otherwise (§3.4).
 """
 
 from __future__ import annotations
-
-import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -76,28 +76,6 @@ def token_rewards(answers: Array, targets: Array, reward: str) -> Array:
     raise C.ConfigError(f"task.reward='{reward}' is not one of {', '.join(REWARDS)}")
 
 
-def layout_of(hp: C.AlgorithmConfig) -> str:
-    """sequence | token | single: how this algorithm's batch is built on this task."""
-    algo = A.get(hp)
-    if algo.family == "supervised":
-        raise C.ConfigError(f"algorithm '{hp.name}' is not defined for task 'reversal'")
-    if getattr(hp, "level", "sequence") == "token":
-        return "token"
-    return "sequence" if algo.family in ("target", "group") else "single"
-
-
-def interaction_scaling(task: C.ReversalConfig, hp: C.AlgorithmConfig) -> tuple[int, float]:
-    """(prompts per episode, lr multiplier) under ``task.match`` (protocols §5).
-
-    Interaction-matched runs give every method that is not sequence-grouped B·K prompts and
-    the config lr × √K (applied before Muon's ×10); sequence-grouped methods, which already
-    consume K rollouts per prompt, are unchanged.
-    """
-    if task.match == "interactions" and layout_of(hp) != "sequence":
-        return task.B * task.K, math.sqrt(task.K)
-    return task.B, 1.0
-
-
 def episode_prompts(key: Array, t: Array, n: int, H: int, V: int) -> tuple[Array, Array]:
     """Prompts of episode ``t`` and the sampling key: a function of the seed's key only, so
     every algorithm sees the same prompts (common random numbers, protocols §3.9)."""
@@ -105,9 +83,7 @@ def episode_prompts(key: Array, t: Array, n: int, H: int, V: int) -> tuple[Array
     return jax.random.randint(pkey, (n, H), 0, V), skey
 
 
-def generate(
-    params: dict, prompts: Array, key: Array, k: int, extra: int = 0, cached: bool = True
-):
+def generate(params: dict, prompts: Array, key: Array, k: int, extra: int = 0, cached: bool = True):
     """Sample ``k`` answers per prompt with the KV cache; the prompt is encoded once.
     ``cached=False`` re-runs the full sequence at every step, as the authors' code does
     (same draws, same random numbers; for tests and comparisons).
@@ -151,8 +127,7 @@ def generate(
     last = draw(lp, H - 1)
     outs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b[None]], 0), outs, last)
     tok, tok_lp, cand, cand_lp = (
-        None if x is None else jnp.moveaxis(x, 0, 1).reshape((N, k, H) + x.shape[2:])
-        for x in outs
+        None if x is None else jnp.moveaxis(x, 0, 1).reshape((N, k, H) + x.shape[2:]) for x in outs
     )
     return tok, tok_lp, cand, cand_lp
 
@@ -170,18 +145,15 @@ def reversal(cfg: C.Config) -> Program:
         raise C.ConfigError(f"task.match='{task.match}' is not one of prompts, interactions")
     if H < 2:
         raise C.ConfigError(f"task.H must be >= 2, got {H}")
-    mode = layout_of(hp)
+    mode = A.layout(hp)
     if mode == "token" and task.reward == "terminal":
         raise C.ConfigError(
             f"algorithm '{hp.name}' (token level) needs a dense reward; task.reward=terminal"
         )
-    B, lr_scale = interaction_scaling(task, hp)
-    opt_cfg = cfg.optimizer
-    if lr_scale != 1.0:
-        if not hasattr(opt_cfg, "lr"):
-            raise C.ConfigError("task.match=interactions needs an optimizer with an lr")
-        opt_cfg = dataclasses.replace(opt_cfg, lr=opt_cfg.lr * lr_scale)
-    opt = optim.build(opt_cfg)
+    if task.match != "prompts":  # tasks.build runs the resolved config (tpo_sweeps.identity)
+        raise C.ConfigError("reversal: build the program with tasks.build (match unresolved)")
+    B = task.B
+    opt = optim.build(cfg.optimizer)
     m = task.model
     shape = M.Shape(V, 2 * H, m.d_model, m.num_heads, m.num_layers, m.ffn_mult)
 
