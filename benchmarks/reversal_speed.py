@@ -27,6 +27,7 @@ import numpy as np
 from tpo_sweeps import algorithms as A
 from tpo_sweeps import config as C
 from tpo_sweeps import tasks
+from tpo_sweeps.cost import token_forwards
 from tpo_sweeps.train import map_seeds, seed_keys
 
 # name: (algorithm config, task overrides, authors' seconds per seed-episode on this machine)
@@ -54,14 +55,12 @@ SETTINGS = {
 
 def token_passes(mode: str, H: int, B: int, K: int, E: int) -> tuple[int, int]:
     """(ours, authors') token forward passes per episode (a backward pass counts as none)."""
+    ours = token_forwards(mode, H, B, K, E)
     if mode == "sequence":
-        ours = B * H + B * K * (H - 1) + E * (B * H + B * K * (H - 1))
         theirs = B * K * 2 * H * H + E * B * K * 2 * H
     elif mode == "token":
-        ours = B * H + B * (H - 1) + E * (B * (2 * H - 1))
         theirs = B * 2 * H * H + E * B * H * 2 * H
     else:  # single: the authors' DG/REINFORCE recompute log-probs once more
-        ours = B * H + B * (H - 1) + E * (B * (2 * H - 1))
         theirs = B * 2 * H * H + E * B * 2 * H
     return ours, theirs
 

@@ -335,8 +335,11 @@ def register_configs() -> None:
     global _registered
     if _registered:
         return
+    from tpo_sweeps.campaign import TpoSweeperConf
+
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
+    cs.store(group="hydra/sweeper", name="tpo", node=TpoSweeperConf)
     for group, (_, options) in GROUPS.items():
         for name, schema in options.items():
             cs.store(group=group, name=f"{name}_schema", node=schema)

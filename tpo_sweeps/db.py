@@ -273,6 +273,16 @@ def _ensure_schema(engine: Engine, create: bool, migrate: bool) -> None:
             migrations.upgrade(conn)
 
 
+def display_url(url: str | Engine) -> str:
+    """``url`` with any password masked, for messages and logs."""
+    try:
+        return make_url(str(url.url if isinstance(url, Engine) else url)).render_as_string(
+            hide_password=True
+        )
+    except ArgumentError:
+        return str(url)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
@@ -448,12 +458,13 @@ def claim_runs(
     engine: Engine, rows: list[dict[str, Any]], sweep: str, rerun_completed: bool = False
 ) -> dict[int, int]:
     """Insert, or reset (pending, or a rerun of a failed or interrupted job), one run row per
-    seed with status running, and link them to ``sweep``. Returns ``seed -> run id`` for the
-    rows this job now runs; a seed completed meanwhile by another job is left out (unless
-    ``rerun_completed``): a job that raced another one for the same run must not turn a
-    finished result back into a running one."""
+    seed with status running, and link them (and any completed meanwhile) to ``sweep``.
+    Returns ``seed -> run id`` for the rows this job now runs; a seed completed meanwhile by
+    another job is left out (unless ``rerun_completed``): a job that raced another one for
+    the same run must not turn a finished result back into a running one."""
     now = _now()
     claimed: dict[int, int] = {}
+    asked: list[int] = []  # every run this sweep asked for, claimed or completed meanwhile
     with engine.begin() as conn:
         for fields in rows:
             values = {
@@ -469,7 +480,8 @@ def claim_runs(
             )
             if status == RUNNING:
                 claimed[int(fields["seed"])] = run_id
-        link(conn, sweep, list(claimed.values()))
+            asked.append(run_id)
+        link(conn, sweep, asked)
     return claimed
 
 

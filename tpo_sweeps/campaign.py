@@ -1,0 +1,129 @@
+"""Launch each (cell, seed) once: the sweeper of every multirun, and campaign presets.
+
+The paper's artefacts share most of their compute (Fig 1b's cells are Table 3's at H = 10,
+Fig 11's are Fig 16's at E = 4 and E = 1, a sequence-grouped method is the same cell under
+both ``task.match`` values). Every multirun therefore goes through ``TpoSweeper``
+(``hydra/sweeper: tpo``; the class lives in ``hydra_plugins/tpo_sweeps_sweeper`` because
+Hydra only loads plugins from that namespace): it expands the command line into cells as
+Hydra's basic sweeper would (``tpo_sweeps.sweep.expand``), and launches one job per distinct
+cell (``tpo_sweeps.identity``) over the union of the seeds asked for it, with every extra any
+request asked for (a diagnostics run serves the requests without diagnostics). The jobs then
+skip the seeds the database already holds. The multirun callback links every stored or
+pending run to each sweep that asked for it (``sweep.record_pending``).
+
+A **campaign** preset lists member presets (``campaign: [fig3_tabular_single, ...]``, e.g.
+``experiment=paper``): its cells are the union of the members' cells, each member's cell
+keeping the member's own ``name``, so the analysis of each artefact and ``status`` of each
+preset see their runs whichever member computed them. Any other override on the command line
+(``scale=reduced``, ``hardware=slurm_gpu``) applies to every member.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tpo_sweeps import identity as I
+from tpo_sweeps import sweep as S
+
+log = logging.getLogger("tpo_sweeps.sweep")
+
+
+@dataclass
+class TpoSweeperConf:
+    _target_: str = "hydra_plugins.tpo_sweeps_sweeper.TpoSweeper"
+    max_batch_size: int | None = None  # jobs per launcher call (None: all at once)
+    params: dict[str, str] | None = None  # the preset's grid, as for Hydra's basic sweeper
+
+
+@dataclass
+class Job:
+    """One job to launch: a distinct cell over the union of the seeds asked for it."""
+
+    overrides: list[str]
+    cells: list[S.Cell] = field(default_factory=list)  # every request it serves
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({s for c in self.cells for s in c.ident.seeds})
+
+
+def set_override(overrides: list[str], key: str, value: Any) -> list[str]:
+    """``overrides`` with ``key=value`` replacing any override of ``key`` (or appended)."""
+    out = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
+    return [*out, f"{key}={value}"]
+
+
+def _serving_extras(cells: list[S.Cell]) -> dict[str, Any]:
+    """The extras that serve every request (``identity.satisfies``): any switch one asks
+    for; the gcd of the logging intervals."""
+    extras = [c.ident.extras for c in cells]
+    return {
+        "diagnostics": any(e["diagnostics"] for e in extras),
+        "mechanism": any(e["mechanism"] for e in extras),
+        "log_every": math.gcd(*(e["log_every"] for e in extras)),
+    }
+
+
+def unique_jobs(cells: list[S.Cell]) -> list[Job]:
+    """One job per distinct cell, in the order cells first appear.
+
+    The job runs the first request's overrides with the seeds widened to cover every request
+    (the lowest to the highest seed asked for: seeds are contiguous per request, and a gap
+    between requests is filled rather than split into two jobs) and the extras that serve
+    every request.
+    """
+    groups: dict[str, list[S.Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.ident.cell, []).append(cell)
+    jobs = []
+    for group in groups.values():
+        first = group[0]
+        overrides = list(first.overrides)
+        if len(group) > 1:
+            seeds = sorted({s for c in group for s in c.ident.seeds})
+            overrides = set_override(overrides, "seed", seeds[0])
+            overrides = set_override(overrides, "num_seeds", seeds[-1] - seeds[0] + 1)
+            for name, value in _serving_extras(group).items():
+                if value != first.ident.extras[name]:
+                    text = str(value).lower() if isinstance(value, bool) else value
+                    overrides = set_override(overrides, I.EXTRAS[name], text)
+        jobs.append(Job(overrides, group))
+    return jobs
+
+
+def launch(sweeper, arguments: list[str]) -> list:
+    """``TpoSweeper.sweep``: expand, deduplicate, launch in batches; the job returns."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    config = sweeper.config
+    t0 = time.perf_counter()
+    # the preset's grid (hydra.sweeper.params) is read back by expand from the config itself
+    sweep = S.expand([*arguments, *config.hydra.overrides.hydra])
+    jobs = unique_jobs(sweep.cells)
+    log.info(
+        "sweep %s: %d requested cells -> %d distinct jobs (%.1fs to expand)",
+        sweep.name,
+        len(sweep.cells),
+        len(jobs),
+        time.perf_counter() - t0,
+    )
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    batch_size = sweeper.max_batch_size or len(jobs) or 1
+    returns, index = [], 0
+    for i in range(0, len(jobs), batch_size):
+        batch = [job.overrides for job in jobs[i : i + batch_size]]
+        sweeper.validate_batch_is_legal(batch)
+        results = sweeper.launcher.launch(batch, initial_job_idx=index)
+        for r in results:
+            _ = r.return_value  # re-raises a job's exception, as Hydra's basic sweeper does
+        index += len(batch)
+        returns.append(results)
+    return returns
