@@ -85,8 +85,9 @@ def unique_jobs(cells: list[S.Cell]) -> list[Job]:
         overrides = list(first.overrides)
         if len(group) > 1:
             seeds = sorted({s for c in group for s in c.ident.seeds})
-            overrides = set_override(overrides, "seed", seeds[0])
-            overrides = set_override(overrides, "num_seeds", seeds[-1] - seeds[0] + 1)
+            if seeds != first.ident.seeds:
+                overrides = set_override(overrides, "seed", seeds[0])
+                overrides = set_override(overrides, "num_seeds", seeds[-1] - seeds[0] + 1)
             for name, value in _serving_extras(group).items():
                 if value != first.ident.extras[name]:
                     text = str(value).lower() if isinstance(value, bool) else value

@@ -4,9 +4,11 @@ With ``db.stage=true`` each job writes its run to ``results.sqlite`` in its own 
 directory: one writer per file, nothing shared, safe on the NFS home of a cluster where
 SQLite's locking is not. The launching process merges them into ``db.url`` when the multirun
 ends, and this command does the same at any time. The merge is idempotent and keyed by run
-key (cell, seed, extras): a run already completed in the main database is left alone; otherwise the staged row
-replaces the main one, with its metrics and summaries, in one transaction per run. Running it
-twice, or on stores that overlap, changes nothing the second time.
+key (cell, seed, extras): a run already completed in the main database is left alone (it only
+gains the staged run's sweep links); otherwise the staged row replaces the main one, with its
+metrics and summaries, in one transaction per run (``put_run``, shared with ``tpo_sweeps
+import`` of run bundles). Running it twice, or on stores that overlap, changes nothing the
+second time.
 
 ``python -m tpo_sweeps migrate [--db URL]`` creates or migrates the schema of a database once
 (a multirun does this itself at its start).
@@ -15,16 +17,20 @@ twice, or on stores that overlap, changes nothing the second time.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 
 from tpo_sweeps import db
 from tpo_sweeps.store import STAGED_STORE
+
 
 def find_stores(paths: Iterable[Path]) -> list[Path]:
     """Staged stores: the files given, and every ``results.sqlite`` under the directories."""
@@ -37,7 +43,68 @@ def find_stores(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-_COPIED = [c.name for c in db.Run.__table__.columns if c.name != "id"]
+RUN_COLUMNS = [c.name for c in db.Run.__table__.columns if c.name != "id"]
+"""The columns of a run row that travel between databases (its ``id`` is local to each)."""
+
+
+def put_run(
+    conn: Connection,
+    run: Mapping[str, Any],
+    sweeps: Iterable[str],
+    results: Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+) -> str:
+    """Put one run into the database of ``conn`` unless a completed run with its run key is
+    there already; used by ``merge`` (staged stores) and ``tpo_sweeps.bundle`` (bundle files).
+
+    ``run``: the row's ``RUN_COLUMNS``; ``sweeps``: the sweeps that asked for it (none given:
+    its own ``sweep``); ``results()``: its metric rows ``(name, step, value)`` and summary rows
+    ``(name, value)``, called only when the run is completed and written. A completed run
+    already there is left alone and only gains the sweep links. Otherwise the row replaces the
+    one there, with its metrics and summaries (none for a run that is not completed).
+    Non-finite values are stored as NULL, as ``db.finish_runs`` stores them.
+
+    Call it inside a write transaction, one per run: a concurrent job then waits for one run's
+    rows at most, and a run is either wholly there or not. Returns the outcome,
+    ``"already completed"`` or the status the run was written with.
+    """
+    M, S = db.Metric, db.Summary
+    sweeps = list(sweeps) or [run["sweep"]]
+    current = conn.execute(
+        select(db.Run.id, db.Run.status).where(db.Run.run_key == run["run_key"]).with_for_update()
+    ).first()
+    if current is not None and current.status == db.COMPLETED:
+        for sweep in sweeps:
+            db.link(conn, sweep, [current.id])
+        return "already completed"
+    run_id, _ = db._upsert(conn, {k: run[k] for k in RUN_COLUMNS}, update_existing=True)
+    for sweep in sweeps:
+        db.link(conn, sweep, [run_id])
+    # a run that was pending, running or failed here may have partial rows of its own
+    conn.execute(delete(M).where(M.run_id == run_id))
+    conn.execute(delete(S).where(S.run_id == run_id))
+    if run["status"] == db.COMPLETED:
+        metrics, summaries = results()
+        metric_rows = [
+            {
+                "run_id": run_id,
+                "name": m["name"],
+                "step": int(m["step"]),
+                "value": _finite(m["value"]),
+            }
+            for m in metrics
+        ]
+        summary_rows = [
+            {"run_id": run_id, "name": m["name"], "value": _finite(m["value"])} for m in summaries
+        ]
+        if metric_rows:
+            conn.execute(insert(M), metric_rows)
+        if summary_rows:
+            conn.execute(insert(S), summary_rows)
+    return run["status"]
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def merge_store(src: Engine, dst: Engine) -> Counter:
@@ -49,38 +116,17 @@ def merge_store(src: Engine, dst: Engine) -> Counter:
         sweeps: dict[int, list[str]] = {}
         for row in s.execute(select(L.run_id, L.sweep)):
             sweeps.setdefault(row.run_id, []).append(row.sweep)
+
+    def results(src_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        with src.connect() as s:
+            metrics = s.execute(select(M.name, M.step, M.value).where(M.run_id == src_id))
+            summaries = s.execute(select(S.name, S.value).where(S.run_id == src_id))
+            return [dict(m) for m in metrics.mappings()], [dict(m) for m in summaries.mappings()]
+
     for run in runs:
         with dst.begin() as d:
-            current = d.execute(
-                select(db.Run.id, db.Run.status)
-                .where(db.Run.run_key == run["run_key"])
-                .with_for_update()
-            ).first()
-            if current is not None and current.status == db.COMPLETED:
-                for sweep in sweeps.get(run["id"], [run["sweep"]]):
-                    db.link(d, sweep, [current.id])
-                counts["already completed"] += 1
-                continue
-            run_id, _ = db._upsert(d, {k: run[k] for k in _COPIED}, update_existing=True)
-            for sweep in sweeps.get(run["id"], [run["sweep"]]):
-                db.link(d, sweep, [run_id])
-            d.execute(delete(M).where(M.run_id == run_id))
-            d.execute(delete(S).where(S.run_id == run_id))
-            if run["status"] == db.COMPLETED:
-                with src.connect() as s:
-                    metrics = s.execute(
-                        select(M.name, M.step, M.value).where(M.run_id == run["id"])
-                    ).mappings()
-                    rows = [{**m, "run_id": run_id} for m in metrics]
-                    summaries = s.execute(
-                        select(S.name, S.value).where(S.run_id == run["id"])
-                    ).mappings()
-                    summary_rows = [{**m, "run_id": run_id} for m in summaries]
-                if rows:
-                    d.execute(insert(M), rows)
-                if summary_rows:
-                    d.execute(insert(S), summary_rows)
-            counts[run["status"]] += 1
+            outcome = put_run(d, run, sweeps.get(run["id"], []), partial(results, run["id"]))
+        counts[outcome] += 1
     return counts
 
 
@@ -121,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     found = sum(counts.values())
     detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no staged runs found"
-    print(f"merged {found} staged run(s) into {args.db}: {detail}")
+    where = make_url(args.db).render_as_string(hide_password=True)
+    print(f"merged {found} staged run(s) into {where}: {detail}")
     return 0
 
 
@@ -132,14 +179,29 @@ def migrate_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--db", default=_default_url(), help="database URL (default: %(default)s)")
     args = p.parse_args(argv)
+    import logging
+
+    from sqlalchemy.engine import make_url
+
+    from tpo_sweeps import migrations
+
+    # what the migration did (runs re-keyed, duplicates superseded) goes to stderr; Alembic's
+    # own step-by-step lines stay quiet
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger(migrations.log.name).setLevel(logging.INFO)
     try:
         engine = db.connect(args.db)
+        where = make_url(args.db).render_as_string(hide_password=True)
     except db.DatabaseUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    version, _ = db.schema_version(engine)
-    engine.dispose()
-    print(f"{args.db}: results schema version {version}")
+    try:
+        with engine.connect() as conn:
+            version, _ = db.schema_version(conn)
+            revision = migrations.current(conn)
+    finally:
+        engine.dispose()
+    print(f"{where}: results schema version {version}, revision {revision}")
     return 0
 
 
