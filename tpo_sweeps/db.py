@@ -182,7 +182,13 @@ def connect(
     except ArgumentError:
         raise DatabaseUnavailable(f"db.url '{url}' is not a database URL") from None
     sqlite = parsed.get_backend_name() == "sqlite"
-    if sqlite and parsed.database and parsed.database != ":memory:" and create:
+    on_disk = sqlite and parsed.database and parsed.database != ":memory:"
+    if on_disk and not create:
+        from pathlib import Path
+
+        if not Path(parsed.database).expanduser().is_file():  # sqlite3 would create it
+            raise NoResults(f"db.url '{display_url(url)}': no such file")
+    if on_disk and create:
         from pathlib import Path
 
         try:
