@@ -10,6 +10,7 @@ point, and additionally rejects keys added with ``+`` that the dataclass does no
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -415,3 +416,34 @@ def validate(cfg: Config) -> None:
 def as_dict(cfg: Config) -> dict[str, Any]:
     """Plain-JSON view of a typed config (for hashing and storage)."""
     return dataclasses.asdict(cfg)
+
+
+def from_dict(stored: dict[str, Any]) -> Config:
+    """The typed ``Config`` a stored ``as_dict`` view was written from (``runs.config``,
+    a bundle); fields the dict lacks (added since it was stored) take their defaults, and a
+    key the schema does not know raises ``ConfigError``. The algorithm option's schema comes
+    from the registry, by its ``name``."""
+    from tpo_sweeps import algorithms as A
+
+    try:
+        options = {
+            "algorithm": A.ALGORITHMS[stored["algorithm"]["name"]].schema,
+            "task": GROUPS["task"][1][stored["task"]["name"]],
+            "optimizer": GROUPS["optimizer"][1][stored["optimizer"]["name"]],
+        }
+    except KeyError as e:
+        raise ConfigError(f"stored config: unknown option {e}") from None
+    return _build(Config, stored, options)
+
+
+def _build(schema: type, values: dict[str, Any], options: dict[str, type] | None = None):
+    hints = typing.get_type_hints(schema)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"stored config: '{key}' is not a field of {schema.__name__}")
+        field_type = (options or {}).get(key, hints[key])
+        if isinstance(value, dict) and dataclasses.is_dataclass(field_type):
+            value = _build(field_type, value)
+        kwargs[key] = value
+    return schema(**kwargs)

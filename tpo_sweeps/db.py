@@ -172,7 +172,8 @@ def connect(
     """Open ``url``, create or check the schema, and return the engine.
 
     ``create``: make the tables in an empty database. ``migrate``: bring a database of an
-    older schema version up to ``SCHEMA_VERSION`` through ``MIGRATIONS`` (a multirun does this
+    older schema version up to ``SCHEMA_VERSION`` through the Alembic revisions
+    (``tpo_sweeps.migrations``) (a multirun does this
     once, at its start; its jobs then pass ``migrate=False`` and only check the version).
     Raises ``DatabaseUnavailable`` with a one-line reason if the URL is malformed, cannot be
     reached, is not a results database, or holds a schema version this code cannot use.

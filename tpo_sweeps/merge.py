@@ -181,8 +181,6 @@ def migrate_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import logging
 
-    from sqlalchemy.engine import make_url
-
     from tpo_sweeps import migrations
 
     # what the migration did (runs re-keyed, duplicates superseded) goes to stderr; Alembic's
@@ -191,7 +189,6 @@ def migrate_main(argv: list[str] | None = None) -> int:
     logging.getLogger(migrations.log.name).setLevel(logging.INFO)
     try:
         engine = db.connect(args.db)
-        where = make_url(args.db).render_as_string(hide_password=True)
     except db.DatabaseUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -201,7 +198,7 @@ def migrate_main(argv: list[str] | None = None) -> int:
             revision = migrations.current(conn)
     finally:
         engine.dispose()
-    print(f"{where}: results schema version {version}, revision {revision}")
+    print(f"{db.display_url(args.db)}: results schema version {version}, revision {revision}")
     return 0
 
 

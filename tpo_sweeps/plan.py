@@ -16,11 +16,13 @@ source each artefact's estimate used. Exit status: 0, or 2 with one line for bad
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from tpo_sweeps import config as C
 from tpo_sweeps import cost, db
 from tpo_sweeps import sweep as S
 
@@ -61,13 +63,13 @@ def learn_costs(engine, cells: list[S.Cell], device: str | None) -> Costs:
     )
     if device is not None:
         stmt = stmt.where(R.device == device)
-    from tpo_sweeps import config as C
-
+    typed: dict[str, C.Config] = {}  # many runs share a config (all seeds of a cell)
     with engine.connect() as conn:
         for row in conn.execute(stmt):
+            key = json.dumps(row.config, sort_keys=True, default=str)
             try:
-                resolved = _typed(row.config, C)
-            except Exception:  # a config this code cannot type any more: no estimate from it
+                resolved = typed.get(key) or typed.setdefault(key, C.from_dict(row.config))
+            except C.ConfigError:  # a config this code cannot type any more: no estimate
                 continue
             shape = cost.shape_class(resolved)
             if shape not in shapes:
@@ -81,30 +83,6 @@ def learn_costs(engine, cells: list[S.Cell], device: str | None) -> Costs:
                 compile_s[shape].append(row.compile_s)
     med = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
     return Costs(med(per_cell), med(per_unit), med(compile_s))
-
-
-_typed_cache: dict[str, object] = {}
-
-
-def _typed(config: dict, C):
-    """A stored (resolved) config as a typed ``Config``, through the option schemas."""
-    import json
-
-    from omegaconf import OmegaConf
-
-    key = json.dumps(config, sort_keys=True, default=str)
-    if key not in _typed_cache:
-        from tpo_sweeps import algorithms as A
-
-        algo = A.ALGORITHMS[config["algorithm"]["name"]].schema
-        task = C.GROUPS["task"][1][config["task"]["name"]]
-        opt = C.GROUPS["optimizer"][1][config["optimizer"]["name"]]
-        base = OmegaConf.structured(C.Config)
-        for group, schema in (("algorithm", algo), ("task", task), ("optimizer", opt)):
-            base[group] = OmegaConf.structured(schema)
-        merged = OmegaConf.merge(base, {k: v for k, v in config.items() if k in base})
-        _typed_cache[key] = OmegaConf.to_object(merged)
-    return _typed_cache[key]
 
 
 @dataclass

@@ -232,6 +232,11 @@ def _hydra_main(dcfg: DictConfig) -> dict:
         cfg = C.to_config(dcfg)
     except C.ConfigError as e:
         raise SystemExit(f"error: {e}") from None
+    if cfg.campaign:
+        raise SystemExit(
+            f"error: '{cfg.name}' is a campaign of presets ({', '.join(cfg.campaign)}): launch it "
+            "with -m, or see what it computes with 'python -m tpo_sweeps plan <overrides>'"
+        )
     try:
         return run_job(cfg)
     except (C.ConfigError, db.DatabaseUnavailable) as e:

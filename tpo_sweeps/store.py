@@ -62,12 +62,12 @@ def run_row(ident: I.Identity, seed: int, overrides: list[str]) -> dict[str, Any
         "cell_hash": ident.cell,
         "seed": int(seed),
         **ident.extras,
-        "overrides": [_masked(o) for o in overrides],
+        "overrides": [mask_override(o) for o in overrides],
         "config": stored_config(ident),
     }
 
 
-def _masked(override: str) -> str:
+def mask_override(override: str) -> str:
     """An override as stored: a database URL's password masked (it would sit in every row)."""
     key, eq, value = override.partition("=")
     if eq and key.lstrip("+~") == "db.url":
