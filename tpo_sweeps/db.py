@@ -271,13 +271,41 @@ def _ensure_schema(engine: Engine, create: bool, migrate: bool) -> None:
             f"needs {SCHEMA_VERSION}: migrate it once with "
             f"'python -m tpo_sweeps migrate --db <url>' (a multirun does this at its start)"
         )
-    with engine.begin() as conn:
+    with engine.connect() as conn, _foreign_keys_deferred(conn), conn.begin():
         _lock_schema(conn)
         # again, under the lock: another process may have done it while we waited
         version, tables = schema_version(conn)
         _check_usable(engine, version, tables)
         if version != SCHEMA_VERSION:
             migrations.upgrade(conn)
+            _check_foreign_keys(conn)
+
+
+@contextmanager
+def _foreign_keys_deferred(conn: Connection) -> Iterator[None]:
+    """SQLite: foreign keys off while the schema changes. Alembic's batch mode rebuilds a
+    table by dropping and recreating it, and dropping ``runs`` with foreign keys on would
+    delete every metric by cascade. The pragma only takes effect outside a transaction, so
+    it goes straight to the driver connection before ``BEGIN``."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    raw = conn.connection.driver_connection
+    raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys = ON")
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise DatabaseUnavailable(
+                f"schema migration left {len(broken)} rows with a broken foreign key "
+                f"(first: {tuple(broken[0])}); rolled back"
+            )
 
 
 def display_url(url: str | Engine) -> str:
