@@ -43,6 +43,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from tpo_sweeps import db
         from tpo_sweeps import sweep as S
+        from tpo_sweeps.campaign import record_pending
 
         self._pid = os.getpid()
         self._url = str(config.db.url)
@@ -52,7 +53,7 @@ class SweepCallback(Callback):
         engine = db.connect(self._url, float(config.db.busy_timeout_s))  # create/migrate once
         try:
             self._sweep = S.from_multirun_config(config)
-            new = S.record_pending(engine, self._sweep)
+            new = record_pending(engine, self._sweep)
         except Exception as e:  # bookkeeping only: the sweep itself must still run
             log.warning("sweep %s: no pending rows or progress counts (%s)", config.name, e)
             self._sweep = None

@@ -9,7 +9,7 @@ Hydra's basic sweeper would (``tpo_sweeps.sweep.expand``), and launches one job 
 cell (``tpo_sweeps.identity``) over the union of the seeds asked for it, with every extra any
 request asked for (a diagnostics run serves the requests without diagnostics). The jobs then
 skip the seeds the database already holds. The multirun callback links every stored or
-pending run to each sweep that asked for it (``sweep.record_pending``).
+pending run to each sweep that asked for it (``record_pending``).
 
 A **campaign** preset lists member presets (``campaign: [fig3_tabular_single, ...]``, e.g.
 ``experiment=paper``): its cells are the union of the members' cells, each member's cell
@@ -26,8 +26,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tpo_sweeps import db
 from tpo_sweeps import identity as I
 from tpo_sweeps import sweep as S
+from tpo_sweeps.store import run_row
 
 log = logging.getLogger("tpo_sweeps.sweep")
 
@@ -45,6 +47,7 @@ class Job:
 
     overrides: list[str]
     cells: list[S.Cell] = field(default_factory=list)  # every request it serves
+    cell: S.Cell | None = None  # what it runs: its overrides composed (seeds and extras)
 
     @property
     def seeds(self) -> list[int]:
@@ -92,8 +95,43 @@ def unique_jobs(cells: list[S.Cell]) -> list[Job]:
                 if value != first.ident.extras[name]:
                     text = str(value).lower() if isinstance(value, bool) else value
                     overrides = set_override(overrides, I.EXTRAS[name], text)
-        jobs.append(Job(overrides, group))
+        launched = first if overrides == first.overrides else None
+        jobs.append(Job(overrides, group, launched))
+    for job in jobs:  # the widened ones, composed as their job will compose them
+        if job.cell is None:
+            job.cell = S._with_hydra(lambda job=job: S.compose_cell(job.overrides))
     return jobs
+
+
+def record_pending(engine, sweep: S.Sweep) -> int:
+    """Before the jobs start: link every requested seed to the run that will serve it, for
+    the sweep that asked (the cell's preset) and the campaign. A seed already served by a
+    completed run is linked to it; the others to a pending row of the job that will compute
+    them (with that job's extras, so no pending row is left behind that no job runs).
+    Returns how many pending rows were new."""
+    jobs = unique_jobs(sweep.cells)
+    S.refresh(sweep, [engine])
+    S.refresh(S.Sweep(sweep.name, [j.cell for j in jobs]), [engine])
+    requests = []
+    with engine.begin() as conn:
+        for job in jobs:
+            todo = {
+                s: run_row(job.cell.ident, s, job.overrides)
+                for s, status in job.cell.seed_status.items()
+                if status != db.COMPLETED
+            }
+            for cell in job.cells:
+                done = [
+                    cell.run_ids[s]
+                    for s in cell.ident.seeds
+                    if cell.seed_status.get(s) == db.COMPLETED
+                ]
+                rows = [todo[s] for s in cell.ident.seeds if s in todo]
+                for name in {cell.config.name, sweep.name}:
+                    db.link(conn, name, done)
+                    if rows:
+                        requests.append((name, rows))
+    return db.add_pending(engine, requests)
 
 
 def launch(sweeper, arguments: list[str]) -> list:

@@ -191,7 +191,8 @@ def from_multirun_config(config) -> Sweep:
 _composed: dict[tuple[int, tuple[str, ...]], tuple[C.Config, I.Identity]] = {}
 
 
-def _cell(overrides: list[str]) -> Cell:
+def compose_cell(overrides: list[str]) -> Cell:
+    """The cell a job with these overrides runs (Hydra's compose API must be initialised)."""
     key = (id(GlobalHydra.instance().hydra), tuple(overrides))
     if key not in _composed:
         cfg = C.to_config(_compose(overrides))
@@ -201,7 +202,7 @@ def _cell(overrides: list[str]) -> Cell:
 
 
 def _sweep(primary, batch: list[list[str]], hydra_args: list[str]) -> Sweep:
-    cells = [_cell(overrides) for overrides in batch]
+    cells = [compose_cell(overrides) for overrides in batch]
     return Sweep(
         name=str(primary.name),
         cells=cells,
@@ -214,7 +215,8 @@ def _sweep(primary, batch: list[list[str]], hydra_args: list[str]) -> Sweep:
 def refresh(sweep: Sweep, engines: list, stale_after_s: float | None = None) -> Sweep:
     """Fill each cell's per-seed status from the databases: a seed is completed when any
     database holds a completed run serving it (``identity.satisfies``); otherwise it takes
-    the status of the run with its own run key (later engines win), and a live status whose
+    the status of the run with its own run key, else of one that would serve it (later
+    engines win), and a live status whose
     heartbeat is older than ``stale_after_s`` (default: 3 heartbeats + 60 s) becomes
     ``dead``. A cell's status sums its seeds' (``cell_status``)."""
     stale = stale_after_s if stale_after_s is not None else 3 * sweep.heartbeat_s + 60.0
@@ -232,14 +234,14 @@ def refresh(sweep: Sweep, engines: list, stale_after_s: float | None = None) -> 
         candidates = by_cell.get(cell.ident.cell, [])
         for seed in cell.ident.seeds:
             key = cell.ident.run_key(seed)
-            done = [
+            serving = [
                 r
                 for r in candidates
-                if r.seed == seed
-                and r.status == db.COMPLETED
-                and I.satisfies(db.extras_of(r), cell.ident.extras)
+                if r.seed == seed and I.satisfies(db.extras_of(r), cell.ident.extras)
             ]
-            own = [r for r in candidates if r.run_key == key]
+            done = [r for r in serving if r.status == db.COMPLETED]
+            # its own row, else one a job with more extras will fill (campaign.unique_jobs)
+            own = [r for r in serving if r.run_key == key] or serving
             if done:
                 row, status = done[-1], db.COMPLETED
             elif own:
@@ -259,24 +261,6 @@ def refresh(sweep: Sweep, engines: list, stale_after_s: float | None = None) -> 
             cell.run_ids[seed] = row.id
         cell.status = cell_status(cell.seed_status)
     return sweep
-
-
-def record_pending(engine, sweep: Sweep) -> int:
-    """Link every cell's seeds to the sweep(s) that ask for them (the cell's preset, and the
-    campaign when there is one): seeds already served by a completed run are linked to it;
-    the others get a pending run row. Returns how many rows were new."""
-    refresh(sweep, [engine])
-    names = lambda cell: {cell.config.name, sweep.name}  # noqa: E731
-    with engine.begin() as conn:
-        for cell in sweep.cells:
-            done = [i for s, i in cell.run_ids.items() if cell.seed_status[s] == db.COMPLETED]
-            for name in names(cell):
-                db.link(conn, name, done)
-    requests = []
-    for cell in sweep.cells:
-        rows = [r for r in cell.rows() if cell.seed_status.get(r["seed"]) != db.COMPLETED]
-        requests += [(name, rows) for name in names(cell) if rows]
-    return db.add_pending(engine, requests)
 
 
 def open_databases(url: str, staged: list[Path]) -> list:
