@@ -1,13 +1,18 @@
 """Command line: rebuild paper artefacts from the results database.
 
-    python -m analysis <id> [--db URL] [--out DIR]   one artefact (e.g. fig3_tabular_single,
-                                                     fig3_tabular_single_smoke, appendix_b)
-    python -m analysis all  [--db URL] [--out DIR]   every artefact the database holds runs for
-                                                     (plus appendix_b, which needs none)
-    python -m analysis list [--db URL]               sweeps with completed/failed/running counts
+    python -m analysis <id> [--scale S] [overrides] [--db URL] [--out DIR]
+        one artefact (e.g. fig3_tabular_single, appendix_b): the runs serving the cells of
+        ``python -m tpo_sweeps -m experiment=<id> scale=S [overrides]``, whichever sweep
+        stored them; written as <id> (scale paper) or <id>_<S> (fig3_tabular_single_smoke,
+        also accepted as the id)
+    python -m analysis all  [--scale S] [--db URL] [--out DIR]
+        every artefact and scale the database holds runs for (plus appendix_b)
+    python -m analysis list [--db URL]
+        sweeps with completed/failed/running counts (a run counts for every sweep that
+        asked for it)
 
-Bad input (unknown id, a URL that is not a tpo-sweeps database, no completed runs for the
-artefact's sweep) exits with status 2 and one line on stderr naming the culprit.
+Bad input (unknown id or scale, a URL that is not a tpo-sweeps database, no completed runs
+for the artefact's cells) exits with status 2 and one line on stderr naming the culprit.
 """
 
 from __future__ import annotations
@@ -29,15 +34,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from analysis.artifacts import ARTIFACTS, SMOKE
+    from analysis.artifacts import ARTIFACTS
 
-    ids = [*ARTIFACTS, *(f"{i}{SMOKE}" for i, b in ARTIFACTS.items() if b.needs_runs)]
     p = _Parser(
         prog="python -m analysis",
         description="Rebuild the TPO paper's figures and tables from the results database.",
-        epilog=f"artefact ids: {', '.join(ids)}. appendix_b needs no database.",
+        epilog=f"artefact ids: {', '.join(ARTIFACTS)}. appendix_b needs no database.",
     )
     p.add_argument("target", help="an artefact id, 'all' (every artefact in --db), or 'list'")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="overrides the artefact's runs were launched with, e.g. task.steps=40: the "
+        "analysis reads the cells of that command line",
+    )
+    p.add_argument(
+        "--scale",
+        default=None,
+        help="the scale the runs were launched at (paper, reduced, smoke; default: the id's "
+        "_<scale> suffix, else paper; with 'all': only that scale)",
+    )
     p.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress and notes")
@@ -54,18 +70,25 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    # intermixed: overrides may follow --scale (fig1b_terminal --scale smoke task.steps=4)
+    args = _parser().parse_intermixed_args(argv)
     _setup_logging(args.verbose)
     from analysis import artifacts, load
 
     try:
+        if args.target in ("list", "all") and args.overrides:
+            raise load.AnalysisError(
+                f"'{args.target}' takes no overrides (got {' '.join(args.overrides)})"
+            )
         if args.target == "list":
             return _list(load.connect(args.db))
         if args.target == "all":
-            return _all(args.db, Path(args.out))
-        builder, sweep = artifacts.resolve(args.target)
+            if args.scale is not None:
+                load.check_scale(args.scale)  # an unknown scale: one line, before any work
+            return _all(args.db, Path(args.out), args.scale)
+        builder, sweep = artifacts.resolve(args.target, args.scale, args.overrides)
         engine = load.connect(args.db) if builder.needs_runs else None
-        _report(args.target, builder(engine, args.out, sweep))
+        _report(sweep, builder(engine, args.out, sweep))
         return 0
     except load.AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -100,15 +123,15 @@ def _list(engine) -> int:
     return 0
 
 
-def _all(url: str, out: Path) -> int:
+def _all(url: str, out: Path, scale: str | None = None) -> int:
     from analysis import artifacts, load
 
     engine = load.connect(url)
-    ids = artifacts.available(engine)
+    ids = artifacts.available(engine, scale)
     if not any(artifacts.resolve(i)[0].needs_runs for i in ids):
         print(
-            f"warning: {load.display_url(engine)} holds no completed runs of any known "
-            "sweep; building only the artefacts that need none",
+            f"warning: {load.display_url(engine)} holds no completed runs of any artefact's "
+            "cells; building only the artefacts that need none",
             file=sys.stderr,
         )
     failed = 0

@@ -1,14 +1,16 @@
 """One builder per paper artefact, registered under the artefact id.
 
-The id is shared with the experiment preset and the ``runs.sweep`` name
-(``fig3_tabular_single``, ``fig4_tabular_multi``). An id with the suffix ``_smoke`` uses the
-same builder on the sweep of that name (``fig3_tabular_single_smoke``). ``appendix_b`` needs
-no runs: it evaluates ``tpo_sweeps.tasks.tabular.update_coefficient``, the code path the
-multi-context training uses, and sets it beside the closed forms.
+The id is the experiment preset's (``fig3_tabular_single``, ``fig4_tabular_multi``): the
+builder reads the runs serving that preset's cells (``analysis.load``), whichever sweep
+stored them. ``<id>_<scale>`` (``fig3_tabular_single_smoke``), or ``--scale`` on the command
+line, reads the preset's cells at that scale. ``appendix_b`` needs no runs: it evaluates
+``tpo_sweeps.tasks.tabular.update_coefficient``, the code path the multi-context training
+uses, and sets it beside the closed forms.
 
-A builder is called as ``ARTIFACTS[id](engine, out_dir, sweep)``; it writes
+A builder is called as ``ARTIFACTS[id](engine, out_dir, sweep)`` with ``sweep`` an
+``analysis.load.Artefact`` (the id string, carrying preset, scale and overrides); it writes
 ``<stem>.png``, ``<stem>.pdf``, ``<stem>.md`` and ``<stem>.csv`` into ``out_dir`` (the stem
-is the sweep name, or the id for ``appendix_b``) and returns the long-format frame
+is the artefact id, e.g. ``fig3_tabular_single_smoke``) and returns the long-format frame
 (``analysis.tables.COLUMNS``), with the written paths in ``df.attrs["files"]``.
 """
 
@@ -29,7 +31,6 @@ from analysis.load import AnalysisError
 
 log = logging.getLogger("analysis")
 
-SMOKE = "_smoke"
 BuildFn = Callable[[Engine | None, Path, str], pd.DataFrame]
 
 
@@ -43,7 +44,7 @@ class Builder:
     def __call__(self, engine: Engine | None, out_dir: str | Path, sweep: str | None = None):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        return self.fn(engine, out, sweep or self.id)
+        return self.fn(engine, out, load.parse(sweep or self.id))
 
 
 ARTIFACTS: dict[str, Builder] = {}
@@ -54,15 +55,20 @@ def _register(builder: Builder) -> Builder:
     return builder
 
 
-def resolve(artifact_id: str) -> tuple[Builder, str]:
-    """Builder and sweep name for an artefact id (``<id>_smoke`` reads the smoke sweep)."""
-    if artifact_id in ARTIFACTS:
-        return ARTIFACTS[artifact_id], artifact_id
-    base = artifact_id.removesuffix(SMOKE)
-    if artifact_id.endswith(SMOKE) and base in ARTIFACTS and ARTIFACTS[base].needs_runs:
-        return ARTIFACTS[base], artifact_id
-    known = [*ARTIFACTS, *(f"{i}{SMOKE}" for i, b in ARTIFACTS.items() if b.needs_runs)]
-    raise AnalysisError(f"unknown artefact id '{artifact_id}' (known: {', '.join(known)})")
+def resolve(
+    artifact_id: str, scale: str | None = None, overrides: Sequence[str] = ()
+) -> tuple[Builder, load.Artefact]:
+    """Builder and artefact for an id (``<id>_<scale>`` or ``scale``: the preset's cells at
+    that scale; ``overrides``: as given to the preset's multirun)."""
+    art = load.parse(artifact_id, scale, overrides)
+    builder = ARTIFACTS.get(art.preset)
+    if builder is not None and (builder.needs_runs or (art == builder.id and not overrides)):
+        return builder, art
+    known = ", ".join(i for i in ARTIFACTS)
+    raise AnalysisError(
+        f"unknown artefact id '{artifact_id}' (known: {known}; any but appendix_b also as "
+        f"<id>_<scale>, scales: {', '.join(load.scales())})"
+    )
 
 
 def build(artifact_id: str, engine: Engine | None, out_dir: str | Path) -> pd.DataFrame:
@@ -70,16 +76,17 @@ def build(artifact_id: str, engine: Engine | None, out_dir: str | Path) -> pd.Da
     return builder(engine, out_dir, sweep)
 
 
-def available(engine: Engine) -> list[str]:
-    """Artefact ids buildable from ``engine``: every sweep with completed runs that has a
-    builder, in registry order (each full id before its smoke variant), then the artefacts
-    that need no runs (``appendix_b`` is always listed)."""
-    counts = load.sweep_counts(engine)
-    with_runs = set(counts.loc[counts["completed"] > 0, "sweep"])
-    ids = []
-    for i, b in ARTIFACTS.items():
-        if b.needs_runs:
-            ids += [s for s in (i, f"{i}{SMOKE}") if s in with_runs]
+def available(engine: Engine, scale: str | None = None) -> list[str]:
+    """Artefact ids buildable from ``engine``: every artefact and scale for which at least
+    one requested cell has a completed run (``load.present``; only ``scale`` if given), in
+    registry order (each paper id before its smaller scales), then the artefacts that need
+    no runs (``appendix_b`` is always listed). A scale with the paper's cells (``reduced``)
+    gives the paper-scale ids."""
+    if scale is not None and load.selects_like_paper(scale):
+        scale = load.PAPER
+    presets = [i for i, b in ARTIFACTS.items() if b.needs_runs]
+    found = load.present(engine, presets)
+    ids = [str(a) for a in found if scale is None or a.scale == scale]
     return ids + [i for i, b in ARTIFACTS.items() if not b.needs_runs]
 
 
@@ -123,19 +130,19 @@ def _build_tabular(spec: TabularSpec, engine: Engine | None, out: Path, sweep: s
 
     if engine is None:
         raise AnalysisError(f"artefact '{sweep}' needs a results database")
-    base = sweep.removesuffix(SMOKE)
+    base = load.preset_of(sweep)
     kept = load.kept_seeds(engine, sweep)
     if kept.empty:
-        raise AnalysisError(f"no completed runs for sweep '{sweep}' in {load.display_url(engine)}")
+        raise AnalysisError(no_runs(engine, sweep))
     wrong = sorted(set(kept["task"]) - {spec.task})
     if wrong:
-        raise AnalysisError(f"sweep '{sweep}' holds runs of task {wrong}, expected '{spec.task}'")
+        raise AnalysisError(f"artefact '{sweep}' selects runs of task {wrong}, not '{spec.task}'")
     cells = kept.drop_duplicates(load.CELL)
     multi = cells["algorithm"].value_counts()
     if (multi > 1).any():
         algo = multi.index[multi > 1][0]
         raise AnalysisError(
-            f"sweep '{sweep}' has {multi[algo]} different configurations for algorithm "
+            f"artefact '{sweep}' has {multi[algo]} different configurations for algorithm "
             f"'{algo}' (steps/epochs/K/eta/...); one curve per method is drawn, split the sweep"
         )
     run_info = load.runs(engine, sweep=sweep).set_index("id")
@@ -193,15 +200,11 @@ def _build_tabular(spec: TabularSpec, engine: Engine | None, out: Path, sweep: s
     for note in notes:
         log.info("%s: %s drawn at %g (log axis)", sweep, note, figures.LOG_FLOOR)
 
-    n_total = len(load.runs(engine, sweep=sweep, status=None))
-    commits = sorted({str(c)[:10] for c in run_info.loc[run_ids, "git_commit"] if c})
     md = [
-        f"# {ARTIFACTS[base].title}" + (" (smoke)" if sweep != base else ""),
+        f"# {ARTIFACTS[base].title}{scale_note(sweep)}",
         "",
-        f"- artefact / sweep: `{sweep}`; setting: {'; '.join(settings)}",
-        f"- database: `{load.display_url(engine)}`; runs used: {len(run_ids)} "
-        f"(ids {', '.join(map(str, run_ids))}) of {n_total} in the sweep; "
-        f"git commits: {', '.join(commits) or 'unknown'}",
+        f"- artefact: `{sweep}`; setting: {'; '.join(settings)}",
+        load.runs_line(engine, sweep, run_info, run_ids),
         f"- {spec.timing}",
         "- mean ± s.e. over seeds, s.e. = population std (ddof=0)/sqrt(n_seeds) as in the "
         "paper; 95% CI = percentile bootstrap of the mean over seeds (10,000 resamples, "
@@ -229,6 +232,20 @@ def _build_tabular(spec: TabularSpec, engine: Engine | None, out: Path, sweep: s
     files += _write_tables(df, md, out, sweep)
     df.attrs["files"] = [str(f) for f in files]
     return df
+
+
+def scale_note(sweep: str) -> str:
+    """`` (smoke)`` after a title for an artefact below paper scale."""
+    scale = load.scale_of(sweep)
+    return "" if scale == load.PAPER else f" ({scale})"
+
+
+def no_runs(engine: Engine, sweep: str) -> str:
+    art = load.parse(sweep)
+    return (
+        f"no completed runs for artefact '{art}' (the cells of {art.describe()}) in "
+        f"{load.display_url(engine)}"
+    )
 
 
 def _first_run(kept: pd.DataFrame):

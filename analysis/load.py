@@ -1,31 +1,46 @@
-"""The one loader: results database -> tidy pandas frames.
+"""The one loader: results database -> tidy pandas frames, selected by what the runs compute.
 
-Everything the analysis knows about runs comes through here, read with ``pandas.read_sql``
-over SQLAlchemy. The loader only reads the tables; it never imports the trainers, and it does
-not import ``tpo_sweeps.db`` either (the schema it relies on is spelled out below).
+An artefact's runs are a **selection on the effective config**, defined by its experiment
+preset: artefact ``X`` at scale ``S`` (with optional extra overrides ``O``) reads the cells of
+``python -m tpo_sweeps -m experiment=X scale=S O`` (``tpo_sweeps.sweep.expand``, the one
+definition the multirun also launches) and every **completed** run that serves one of them:
+its ``cell_hash`` is the cell's and its extras satisfy the cell's (``identity.satisfies``: a
+diagnostics run serves a request without diagnostics), whichever sweep, job or machine stored
+it, and whatever seeds it has (all completed seeds count, not only the preset's
+``num_seeds``). Each row is labelled with the *requested* cell's values (the algorithm as
+the preset names it, K/H/V/match/target/reward/B as requested), so one stored run serving
+two requested cells (Table 3's GRPO under both matchings) appears under both.
 
-Tables read (schema version 1, see ``tpo_sweeps/db.py``):
-  ``runs(id, sweep, algorithm, task, optimizer, seed, num_seeds, steps, epochs, K, eta, H, V,
-  match, status, started_at, finished_at, config, ...)``, where a job ran the seeds
-  ``seed .. seed + num_seeds - 1``; ``metrics(run_id, seed, name, step, value)``;
-  ``summaries(run_id, seed, name, value)``; ``schema_info(version)``.
+Selection rule (``kept_seeds``): per requested cell and seed, the most recently finished
+completed run wins (ties: the higher run id), e.g. a run with more diagnostics stored after
+a plain one; a warning says how many results were dropped.
 
-Selection rule (``kept_seeds``): only completed runs count. When several completed runs of
-one sweep cover the same *cell* (``CELL`` columns plus the ``CONFIG_CELL`` config values) and
-seed, e.g. a sweep rerun after a code change altered the config hash, only the most recently
-finished one is kept for that seed (ties: the higher run id), and a warning says how many
-results were dropped.
+Artefact ids: ``X`` is ``X`` at scale ``paper``; ``X_<scale>`` (``fig1b_terminal_smoke``)
+is ``X`` at that scale. ``Artefact`` carries the preset, scale and overrides while being the
+id string itself (the output stem and the tidy frames' ``sweep`` column), so builders pass
+it to the functions below unchanged. Expansions are cached in the process and on disk
+(``TPO_SWEEPS_CACHE_DIR``, default ``~/.cache/tpo_sweeps/selections``), keyed by the
+contents of ``conf/`` and of the ``tpo_sweeps`` modules that compose and identify cells.
+
+Tables read (schema version 2, see ``tpo_sweeps/db.py``): ``runs`` (one row per cell, seed
+and extras: ``run_key, cell_hash, seed, diagnostics, mechanism, log_every``, the promoted
+columns, the resolved ``config``, status, times, provenance), ``sweep_runs(sweep, run_id)``,
+``metrics(run_id, name, step, value)``, ``summaries(run_id, name, value)``,
+``schema_info(version)``. The trainers are never imported.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
+import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import bindparam, create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
@@ -33,9 +48,10 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 log = logging.getLogger("analysis")
 
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SUPPORTED_SCHEMA_VERSIONS = (2,)
+PAPER = "paper"  # the default scale: the preset as the paper ran it
 
-# A cell is one static config of a sweep: runs that agree on these are the same experiment.
+# A cell's labels: what the requested config says (not the resolved one), per tidy row.
 CELL = [
     "sweep",
     "algorithm",
@@ -49,21 +65,26 @@ CELL = [
     "V",
     "match",
 ]
-# Run columns copied onto every metric / summary row (the "promoted" columns).
+# Label columns copied onto every metric / summary row (the "promoted" columns).
 PROMOTED = [c for c in CELL if c not in ("sweep", "algorithm", "task")]
-# Cell dimensions stored only in the resolved config (``runs.config``), e.g. the target and
-# reward that table2_variations sweeps: name -> dotted path (None where a task has none).
-CONFIG_CELL = {"target": "task.target", "reward": "task.reward"}
+# Labels that are no run column, from the requested config: name -> dotted path (None where a
+# task has none). B is here because interaction matching changes the stored (resolved) B.
+CONFIG_CELL = {"target": "task.target", "reward": "task.reward", "B": "task.B"}
 
 _RUN_COLUMNS = [
     "id",
-    "config_hash",
-    *CELL,
+    "run_key",
+    "cell_hash",
     "seed",
-    "num_seeds",
+    "diagnostics",
+    "mechanism",
+    "log_every",
+    *CELL,
     "status",
     "started_at",
     "finished_at",
+    "job_id",
+    "job_seeds",
     "compile_s",
     "run_s",
     "host",
@@ -75,6 +96,7 @@ _RUN_COLUMNS = [
     "error",
 ]
 _TIDY_HEAD = ["run_id", "sweep", "algorithm", "task", "seed"]
+_CHUNK = 500  # ids per IN (...) list: under every backend's bound-parameter limit
 
 
 class AnalysisError(RuntimeError):
@@ -140,9 +162,10 @@ def connect(url: str) -> Engine:
         raise AnalysisError(f"database {shown}: {_first_line(e.orig or e)}") from None
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         engine.dispose()
+        hint = " (migrate it: python -m tpo_sweeps migrate --db <url>)" if version == 1 else ""
         raise AnalysisError(
             f"database {shown} has results schema version {version}; this analysis reads "
-            f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}"
+            f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}{hint}"
         )
     return engine
 
@@ -153,8 +176,285 @@ def _first_line(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Artefact ids: preset + scale + overrides
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def config_dir() -> Path:
+    """``conf/``, as the entry point finds it."""
+    from tpo_sweeps.run import _config_dir
+
+    return Path(_config_dir())
+
+
+@functools.cache
+def scales() -> tuple[str, ...]:
+    """The options of the ``scale`` config group (``conf/scale/*.yaml``)."""
+    return tuple(sorted(p.stem for p in (config_dir() / "scale").glob("*.yaml")))
+
+
+@functools.cache
+def selects_like_paper(scale: str) -> bool:
+    """Whether ``scale`` only changes how many seeds a job runs (``reduced``): its cells are
+    the paper's, and the analysis, which reads every stored seed, builds the same artefact."""
+    from omegaconf import OmegaConf
+
+    if scale == PAPER:
+        return True
+    own = OmegaConf.load(config_dir() / "scale" / f"{scale}.yaml")
+    per_task = list((config_dir() / "scale" / "task").glob(f"{scale}_*.yaml"))
+    return not per_task and set(own.keys()) <= {"num_seeds", "seed"}
+
+
+class Artefact(str):
+    """An artefact id (``fig1b_terminal_smoke``) that also says which cells it reads: those of
+    ``experiment=<preset> scale=<scale> <overrides>``. It *is* the id string (output stem,
+    ``sweep`` column, messages), so the builders pass it along as they passed sweep names."""
+
+    preset: str
+    scale: str
+    overrides: tuple[str, ...]
+
+    def __new__(cls, preset: str, scale: str = PAPER, overrides: Iterable[str] = ()):
+        self = super().__new__(cls, preset if scale == PAPER else f"{preset}_{scale}")
+        self.preset, self.scale, self.overrides = preset, scale, tuple(overrides)
+        return self
+
+    @property
+    def args(self) -> list[str]:
+        """The multirun command line whose cells this artefact reads."""
+        return [f"experiment={self.preset}", f"scale={self.scale}", *self.overrides]
+
+    @property
+    def key(self) -> tuple[str, str, tuple[str, ...]]:
+        # not the string: two artefacts with one id may differ in their overrides
+        return (self.preset, self.scale, self.overrides)
+
+    def describe(self) -> str:
+        return " ".join(self.args)
+
+
+def parse(name: str, scale: str | None = None, overrides: Iterable[str] = ()) -> Artefact:
+    """The artefact an id names: ``X`` (scale ``paper``, or ``scale``), ``X_<scale>``.
+
+    Raises ``AnalysisError`` for a scale that does not exist or contradicts the id's suffix.
+    """
+    overrides = tuple(overrides)
+    if isinstance(name, Artefact) and scale is None and not overrides:
+        return name
+    base, suffix = str(name), None
+    for s in scales():
+        if base.endswith(f"_{s}") and len(base) > len(s) + 1:
+            base, suffix = base[: -len(s) - 1], s
+            break
+    if scale is not None:
+        check_scale(scale)
+    if scale is not None and suffix is not None and scale != suffix:
+        raise AnalysisError(f"'{name}' is at scale {suffix}, not the requested scale {scale}")
+    if isinstance(name, Artefact):
+        overrides = name.overrides + overrides
+    return Artefact(base, scale or suffix or PAPER, overrides)
+
+
+def check_scale(scale: str) -> str:
+    if scale not in scales():
+        raise AnalysisError(f"unknown scale '{scale}' (known: {', '.join(scales())})")
+    return scale
+
+
+def preset_of(name: str) -> str:
+    return parse(name).preset
+
+
+def scale_of(name: str) -> str:
+    return parse(name).scale
+
+
+# --------------------------------------------------------------------------------------------
+# Expansion (cached): the requested cells of an artefact
+# --------------------------------------------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("TPO_SWEEPS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "tpo_sweeps" / "selections"
+
+
+@functools.cache
+def _fingerprint() -> str:
+    """What an expansion depends on: every file under ``conf/`` (site settings too) and the
+    ``tpo_sweeps`` modules (schema defaults, identity rules, algorithm registry, expansion)."""
+    import hydra
+    import omegaconf
+
+    import tpo_sweeps
+
+    h = hashlib.sha256(f"{hydra.__version__} {omegaconf.__version__}".encode())
+    pkg = Path(tpo_sweeps.__file__).resolve().parent
+    files = [p for p in config_dir().rglob("*") if p.is_file()]
+    files += list(pkg.glob("*.py"))
+    for p in sorted(files):
+        h.update(str(p).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _cached(kind: str, key: Any, compute):
+    """``compute()``, memoised on disk under the fingerprint (best effort: an unwritable
+    cache only costs the recomputation)."""
+    digest = hashlib.sha256(json.dumps([kind, key, _fingerprint()]).encode()).hexdigest()
+    path = _cache_dir() / f"{kind}-{digest[:32]}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, path)  # atomic: concurrent analyses never read half a file
+    except OSError as e:
+        log.debug("selection cache not written (%s)", e)
+    return value
+
+
+def _check_preset(preset: str) -> None:
+    if not (config_dir() / "experiment" / f"{preset}.yaml").is_file():
+        raise AnalysisError(f"no experiment preset '{preset}' in {config_dir() / 'experiment'}")
+
+
+def _expand(args: list[str]) -> list[dict]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from tpo_sweeps import config as C
+    from tpo_sweeps import sweep as S
+    from tpo_sweeps.store import promoted
+
+    try:
+        cells = S.expand(args).cells
+    except (HydraException, OmegaConfBaseException, C.ConfigError) as e:
+        raise AnalysisError(f"{' '.join(args)}: {_first_line(e)}") from None
+    out = []
+    for cell in cells:
+        requested = C.as_dict(cell.config)
+        labels = {k: v for k, v in promoted(cell.config).items() if k != "sweep"}
+        labels.update({k: config_value(requested, d) for k, d in CONFIG_CELL.items()})
+        out.append(
+            {
+                "cell": cell.ident.cell,
+                "extras": dict(cell.ident.extras),
+                "overrides": list(cell.overrides),
+                "labels": labels,
+            }
+        )
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _selection(key: tuple[str, str, tuple[str, ...]]) -> tuple[dict, ...]:
+    preset, scale, overrides = key
+    _check_preset(preset)
+    art = Artefact(preset, scale, overrides)
+    return tuple(_cached("cells", list(key), lambda: _expand(art.args)))
+
+
+def selection(name: str) -> list[dict]:
+    """The requested cells of an artefact, in launch order: ``cell`` (hash), ``extras``,
+    ``overrides`` and ``labels`` (the requested config's promoted and ``CONFIG_CELL``
+    values)."""
+    return list(_selection(parse(name).key))
+
+
+@functools.lru_cache(maxsize=256)
+def _primary(preset: str, scale: str) -> dict:
+    """The preset's task, steps and swept keys at ``scale`` (one composition, no cells)."""
+    _check_preset(preset)
+
+    def compute() -> dict:
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        from tpo_sweeps import config as C
+
+        C.register_configs()
+        args = [f"experiment={preset}", f"scale={scale}"]
+
+        def go():
+            cfg = compose(config_name="config", overrides=args, return_hydra_config=True)
+            params = dict(cfg.hydra.sweeper.get("params") or {})
+            return {
+                "task": str(cfg.task.name),
+                "steps": int(cfg.task.steps),
+                "swept": sorted(params),
+                "campaign": list(cfg.get("campaign") or []),
+            }
+
+        if GlobalHydra.instance().is_initialized():
+            return go()
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return go()
+
+    return _cached("primary", [preset, scale], compute)
+
+
+# --------------------------------------------------------------------------------------------
 # Runs
 # --------------------------------------------------------------------------------------------
+
+
+def _read_chunked(
+    engine: Engine, sql: str, key: str, values: Sequence, params: dict | None = None, **kw
+) -> pd.DataFrame:
+    """``pd.read_sql`` of ``sql`` (with ``IN :<key>``) over ``values``, in chunks."""
+    params = dict(params or {})
+    lists = [key, *(k for k, v in params.items() if isinstance(v, list))]
+    stmt = text(sql).bindparams(*(bindparam(k, expanding=True) for k in lists))
+    # no values: one query that matches nothing (IN (NULL)), for the columns
+    chunks = [list(values[i : i + _CHUNK]) for i in range(0, len(values), _CHUNK)] or [[None]]
+    with engine.connect() as conn:
+        frames = [pd.read_sql(stmt, conn, params={**params, key: c}, **kw) for c in chunks]
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+_DATES = {c: {"format": "ISO8601"} for c in ("started_at", "finished_at")}
+
+
+def _satisfying(stored: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame:
+    """The (stored run, requested cell) pairs where the run serves the request: same cell
+    hash, and the run's extras satisfy the request's (``tpo_sweeps.identity.satisfies``,
+    vectorised: every switch the request turns on is on, and the request's logging interval
+    is a multiple of the run's)."""
+    pairs = stored.merge(requests, on="cell_hash", suffixes=("", "_req"))
+    ok = (
+        (pairs["diagnostics"].astype(bool) | ~pairs["diagnostics_req"].astype(bool))
+        & (pairs["mechanism"].astype(bool) | ~pairs["mechanism_req"].astype(bool))
+        & (pairs["log_every_req"].astype(int) % pairs["log_every"].astype(int) == 0)
+    )
+    return pairs[ok]
+
+
+def _requests(name: str) -> pd.DataFrame:
+    """One row per requested cell: request (index), cell_hash, the requested extras."""
+    rows = [
+        {
+            "request": i,
+            "cell_hash": c["cell"],
+            "diagnostics_req": bool(c["extras"]["diagnostics"]),
+            "mechanism_req": bool(c["extras"]["mechanism"]),
+            "log_every_req": int(c["extras"]["log_every"]),
+        }
+        for i, c in enumerate(selection(name))
+    ]
+    return pd.DataFrame(
+        rows,
+        columns=["request", "cell_hash", "diagnostics_req", "mechanism_req", "log_every_req"],
+    )
 
 
 def runs(
@@ -162,46 +462,59 @@ def runs(
     sweep: str | None = None,
     status: str | Iterable[str] | None = "completed",
 ) -> pd.DataFrame:
-    """One row per run (no dedup), ``config``/``overrides`` parsed from JSON.
+    """One row per stored run (no dedup), ``config``/``overrides`` parsed from JSON.
 
-    ``status=None`` returns every status; a string or an iterable selects those.
+    ``sweep``: an artefact id: the runs that serve one of its requested cells (any sweep);
+    None: every run. ``status=None`` returns every status; a string or an iterable selects
+    those. The columns are the stored ones (``sweep``, ``algorithm``, ... as the computing
+    job named them; ``config`` = the resolved config).
     """
     where, params = [], {}
-    if sweep is not None:
-        where.append("sweep = :sweep")
-        params["sweep"] = sweep
     if status is not None:
-        statuses = [status] if isinstance(status, str) else list(status)
         where.append("status IN :statuses")
-        params["statuses"] = statuses
+        params["statuses"] = [status] if isinstance(status, str) else list(status)
     # quoted: PostgreSQL folds unquoted identifiers to lower case (the K, H, V columns)
     quoted = ", ".join('"' + c + '"' for c in _RUN_COLUMNS)
-    sql = f"SELECT {quoted} FROM runs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id"
-    stmt = text(sql)
-    if "statuses" in params:
-        stmt = stmt.bindparams(bindparam("statuses", expanding=True))
-    with engine.connect() as conn:
-        df = pd.read_sql(
-            stmt,
-            conn,
-            params=params,
-            parse_dates={c: {"format": "ISO8601"} for c in ("started_at", "finished_at")},
+    if sweep is None:
+        sql = f"SELECT {quoted} FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        stmt = text(sql + " ORDER BY id")
+        if "statuses" in params:
+            stmt = stmt.bindparams(bindparam("statuses", expanding=True))
+        with engine.connect() as conn:
+            df = pd.read_sql(stmt, conn, params=params, parse_dates=_DATES)
+    else:
+        requests = _requests(sweep)
+        cells = sorted(set(requests["cell_hash"]))
+        sql = f"SELECT {quoted} FROM runs WHERE cell_hash IN :cells"
+        if where:
+            sql += " AND " + " AND ".join(where)
+        df = _read_chunked(engine, sql, "cells", cells, params, parse_dates=_DATES)
+        served = _satisfying(
+            df[["id", "cell_hash", "diagnostics", "mechanism", "log_every"]], requests
         )
+        df = df[df["id"].isin(set(served["id"]))].sort_values("id").reset_index(drop=True)
     for col in ("config", "overrides"):
         df[col] = [json.loads(v) if isinstance(v, str) else v for v in df[col]]
     return df
 
 
 def sweep_counts(engine: Engine) -> pd.DataFrame:
-    """Per sweep: number of runs in each status (columns completed, failed, running, ...)."""
+    """Per sweep: number of runs in each status (columns completed, failed, running, ...).
+
+    A run counts for every sweep that asked for it (``sweep_runs``); a run no sweep is
+    linked to (imported, or written by hand) counts for the sweep that computed it.
+    """
+    sql = text(
+        "SELECT sr.sweep AS sweep, r.status AS status, COUNT(*) AS n "
+        "FROM sweep_runs sr JOIN runs r ON r.id = sr.run_id GROUP BY sr.sweep, r.status "
+        "UNION ALL "
+        "SELECT r.sweep AS sweep, r.status AS status, COUNT(*) AS n FROM runs r "
+        "WHERE NOT EXISTS (SELECT 1 FROM sweep_runs sr WHERE sr.run_id = r.id) "
+        "GROUP BY r.sweep, r.status"
+    )
     with engine.connect() as conn:
-        df = pd.read_sql(
-            text("SELECT sweep, status, COUNT(*) AS n FROM runs GROUP BY sweep, status"), conn
-        )
-    table = df.pivot_table(index="sweep", columns="status", values="n", fill_value=0)
+        df = pd.read_sql(sql, conn)
+    table = df.pivot_table(index="sweep", columns="status", values="n", aggfunc="sum", fill_value=0)
     for col in ("completed", "failed", "running"):
         if col not in table.columns:
             table[col] = 0
@@ -222,45 +535,85 @@ def config_value(config, dotted: str, default=None):
 
 
 _warned: set[tuple[str, str, int]] = set()
+_KEPT = ["run_id", "seed", "finished_at", *CELL, *CONFIG_CELL, "request"]
 
 
 def kept_seeds(engine: Engine, sweep: str) -> pd.DataFrame:
-    """The (run_id, seed) pairs that count for ``sweep``, with the run's cell columns.
+    """The (run_id, seed) pairs that count for the artefact ``sweep``, one per requested cell
+    and seed, labelled with the requested cell's values.
 
-    Completed runs only; per cell and seed the most recently finished run wins (see module
-    docstring). Columns: run_id, seed, finished_at, ``CELL`` and ``CONFIG_CELL``.
+    Completed runs only; per requested cell and seed the most recently finished run wins (see
+    the module docstring). Columns: run_id, seed, finished_at, ``CELL`` (``sweep`` = the
+    artefact id), ``CONFIG_CELL`` and ``request`` (the requested cell's index in the preset's
+    launch order; one run may appear under several).
     """
-    cell_key = [*CELL, *CONFIG_CELL]
-    rs = runs(engine, sweep=sweep, status="completed")
-    if rs.empty:
-        return pd.DataFrame(columns=["run_id", "seed", "finished_at", *cell_key])
-    rs = rs.rename(columns={"id": "run_id", "seed": "base_seed"})
-    for col, dotted in CONFIG_CELL.items():
-        rs[col] = [config_value(c, dotted) for c in rs["config"]]
-    counts = rs["num_seeds"].to_numpy()
-    pairs = rs.loc[rs.index.repeat(counts), ["run_id", "base_seed", "finished_at", *cell_key]]
-    offsets = np.concatenate([np.arange(n) for n in counts]) if len(counts) else []
-    pairs = pairs.assign(seed=pairs["base_seed"].to_numpy() + offsets).drop(columns="base_seed")
+    art = parse(sweep)
+    requests = _requests(art)
+    cells = sorted(set(requests["cell_hash"]))
+    stored = _read_chunked(
+        engine,
+        "SELECT id AS run_id, cell_hash, seed, diagnostics, mechanism, log_every, finished_at "
+        "FROM runs WHERE status = 'completed' AND cell_hash IN :cells",
+        "cells",
+        cells,
+        parse_dates={"finished_at": {"format": "ISO8601"}},
+    )
+    pairs = _satisfying(stored, requests)
+    if pairs.empty:
+        return pd.DataFrame(columns=_KEPT)
     # a completed run without a finish time (not written by tpo-sweeps) loses every tie
     pairs = pairs.sort_values(["finished_at", "run_id"], kind="stable", na_position="first")
-    kept = pairs.drop_duplicates(cell_key + ["seed"], keep="last")
+    kept = pairs.drop_duplicates(["request", "seed"], keep="last")
     dropped = len(pairs) - len(kept)
     if dropped:
         gone = sorted(set(pairs["run_id"]) - set(kept["run_id"]))
-        key = (display_url(engine), sweep, dropped)
+        key = (display_url(engine), str(art), dropped)
         if key not in _warned:
             _warned.add(key)
             log.warning(
-                "sweep '%s': dropped %d (run, seed) result(s) superseded by a more recently "
-                "finished completed run of the same cell and seed (%d run(s) dropped entirely: "
-                "%s)",
-                sweep,
+                "artefact '%s': dropped %d (run, seed) result(s) superseded by a more recently "
+                "finished completed run of the same cell and seed (%d run(s) not used: %s)",
+                art,
                 dropped,
                 len(gone),
                 gone,
             )
-    cols = ["run_id", "seed", "finished_at", *cell_key]
-    return kept[cols].sort_values(["run_id", "seed"]).reset_index(drop=True)
+    labels = pd.DataFrame(
+        [{"request": i, **c["labels"]} for i, c in enumerate(selection(art))]
+    ).assign(sweep=str(art))
+    kept = kept[["run_id", "seed", "finished_at", "request"]].merge(labels, on="request")
+    return kept[_KEPT].sort_values(["request", "seed", "run_id"]).reset_index(drop=True)
+
+
+def id_ranges(ids: Iterable[int]) -> str:
+    """``1–4, 7, 9–10``: run ids for a Markdown line (one run per seed makes long lists)."""
+    out: list[str] = []
+    xs = sorted({int(i) for i in ids})
+    start = prev = None
+    for x in [*xs, None]:
+        if prev is not None and x == prev + 1:
+            prev = x
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}–{prev}")
+        start = prev = x
+    return ", ".join(out)
+
+
+def runs_line(engine: Engine, sweep: str, info: pd.DataFrame, run_ids: Sequence[int]) -> str:
+    """The Markdown line that says which runs an artefact used and where they came from."""
+    art = parse(sweep)
+    n_all = len(runs(engine, sweep=art, status=None))
+    used = info.loc[list(run_ids)]
+    commits = sorted({str(c)[:10] for c in used["git_commit"] if c})
+    computed = used["sweep"].value_counts()
+    by = ", ".join(f"{s} ({n})" for s, n in sorted(computed.items()))
+    return (
+        f"- database: `{display_url(engine)}`; selection: the cells of `{art.describe()}`; "
+        f"runs used: {len(used)} (one per cell and seed; ids {id_ranges(run_ids)}) of "
+        f"{n_all} matching in any status; computed by sweeps: {by or 'none'}; "
+        f"git commits: {', '.join(commits) or 'unknown'}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,40 +622,77 @@ def kept_seeds(engine: Engine, sweep: str) -> pd.DataFrame:
 
 
 def metrics(engine: Engine, sweep: str, names: Iterable[str] | None = None) -> pd.DataFrame:
-    """Tidy per-step metrics of ``sweep`` after the selection rule.
+    """Tidy per-step metrics of the artefact ``sweep`` after the selection rule.
 
-    Columns: run_id, sweep, algorithm, task, seed, step, name, value, then ``PROMOTED``.
-    ``names`` restricts the metric names read (cheaper: the fig4 table has 1M rows).
+    Columns: run_id, sweep, algorithm, task, seed, step, name, value, then ``PROMOTED`` and
+    ``request``. ``names`` restricts the metric names read (cheaper: Fig 4 has 1M rows).
     """
     return _read(engine, sweep, "metrics", ["step", "name", "value"], names)
 
 
 def summaries(engine: Engine, sweep: str, names: Iterable[str] | None = None) -> pd.DataFrame:
-    """Tidy per-seed summaries (``final_error``, ...) of ``sweep`` after the selection rule.
-
-    Columns: run_id, sweep, algorithm, task, seed, name, value, then ``PROMOTED``.
-    """
+    """Tidy per-seed summaries (``final_error``, ...) of the artefact ``sweep`` after the
+    selection rule. Columns: run_id, sweep, algorithm, task, seed, name, value, then
+    ``PROMOTED`` and ``request``."""
     return _read(engine, sweep, "summaries", ["name", "value"], names)
 
 
 def _read(
     engine: Engine, sweep: str, table: str, cols: list[str], names: Iterable[str] | None
 ) -> pd.DataFrame:
-    out_cols = [*_TIDY_HEAD, *cols, *PROMOTED]
+    out_cols = [*_TIDY_HEAD, *cols, *PROMOTED, "request"]
     kept = kept_seeds(engine, sweep)
     if kept.empty:
         return pd.DataFrame(columns=out_cols)
-    sql = f"SELECT run_id, seed, {', '.join(cols)} FROM {table} WHERE run_id IN :ids"
-    params: dict = {"ids": sorted(int(i) for i in kept["run_id"].unique())}
-    binds = [bindparam("ids", expanding=True)]
+    sql = f"SELECT run_id, {', '.join(cols)} FROM {table} WHERE run_id IN :ids"
+    params: dict = {}
     if names is not None:
         sql += " AND name IN :names"
         params["names"] = list(names)
-        binds.append(bindparam("names", expanding=True))
-    with engine.connect() as conn:
-        df = pd.read_sql(text(sql).bindparams(*binds), conn, params=params)
-    df["name"] = df["name"].astype("category")
+    ids = sorted(int(i) for i in kept["run_id"].unique())
+    df = _read_chunked(engine, sql, "ids", ids, params)
     df["value"] = df["value"].astype(float)  # NULL (a non-finite value) -> NaN
-    # the inner join applies the per-seed selection rule
-    df = df.merge(kept.drop(columns="finished_at"), on=["run_id", "seed"], how="inner")
+    # one stored run may serve several requested cells: its rows appear under each
+    df = df.merge(kept.drop(columns="finished_at"), on="run_id", how="inner")
+    df["name"] = df["name"].astype("category")
     return df[out_cols]
+
+
+# --------------------------------------------------------------------------------------------
+# What a database holds
+# --------------------------------------------------------------------------------------------
+
+
+def present(engine: Engine, presets: Iterable[str]) -> list[Artefact]:
+    """The artefacts (preset x scale) for which at least one requested cell has a completed
+    serving run. Scales that select like ``paper`` (``reduced``) are not listed again. A
+    preset is only expanded when some completed run has its task and episode count at that
+    scale (one composition each, cached), so a database of smoke runs costs no paper-scale
+    expansion."""
+    with engine.connect() as conn:
+        shapes = {
+            (str(t), int(s))
+            for t, s in conn.execute(
+                text("SELECT DISTINCT task, steps FROM runs WHERE status = 'completed'")
+            )
+        }
+        stored = pd.read_sql(
+            text(
+                "SELECT DISTINCT cell_hash, diagnostics, mechanism, log_every FROM runs "
+                "WHERE status = 'completed'"
+            ),
+            conn,
+        )
+    out = []
+    for preset in presets:
+        for scale in scales():
+            if scale != PAPER and selects_like_paper(scale):
+                continue
+            p = _primary(preset, scale)
+            fixed = not any(k in ("task", "task.steps") for k in p["swept"]) and not p["campaign"]
+            if fixed and (p["task"], p["steps"]) not in shapes:
+                continue
+            art = Artefact(preset, scale)
+            if not _satisfying(stored, _requests(art)).empty:
+                out.append(art)
+    return out

@@ -1,15 +1,14 @@
 """MNIST artefacts: Fig 5(a) with its table, Fig 1(a), Fig 5(b) (paper §3.3, App. C).
 
-Builders, registered in ``analysis.artifacts.ARTIFACTS`` under the preset names (``<id>_smoke``
-reads the smoke sweep):
+Builders, registered in ``analysis.artifacts.ARTIFACTS`` under the preset names (each reads
+the runs serving its preset's cells, ``analysis.load``; ``<id>_smoke`` at smoke scale):
 
 * ``fig5_mnist``: test error vs step on a log y axis for TPO, DG, Group PG, GRPO, PG (and
   any other method the sweep holds), and a table of the final test error (%) and the steps
   to 5% test error, with the paper's numbers beside.
 * ``fig1a_mnist``: TPO, GRPO, DG on a linear y axis from 0.02 to 0.145 (the hero panel), same
-  table. Reads the ``fig1a_mnist`` sweep, or, when that has no completed runs, the
-  ``fig5_mnist`` sweep (the same protocol, a superset of the methods); the Markdown names the
-  sweep used.
+  table. Its cells are three of ``fig5_mnist``'s, so runs of either preset serve it; the
+  Markdown names the sweeps that computed them.
 * ``fig5b_mnist_mechanism``: surplus (exact − one-vs-rest first-order gain in p_y) by
   wrong-class concentration bin on the misclassified test images, at the evaluation the
   paper calls "step 2,000", TPO and DG (plus any other method with a closed form), and the
@@ -102,8 +101,8 @@ def _order(methods: Sequence[str], preferred: Sequence[str]) -> list[str]:
 
 @dataclass
 class Sweep:
-    sweep: str  # the sweep read
-    base: str  # the artefact id without _smoke
+    sweep: str  # the artefact read (analysis.load.Artefact)
+    base: str  # its preset
     run_ids: list[int]
     method_run: dict[str, int]  # method -> its first run (for config values)
     configs: dict[int, dict]  # run id -> resolved config
@@ -117,10 +116,10 @@ def _load(engine: Engine | None, sweep: str) -> Sweep:
         raise AnalysisError(f"artefact '{sweep}' needs a results database")
     kept = load.kept_seeds(engine, sweep)
     if kept.empty:
-        raise AnalysisError(f"no completed runs for sweep '{sweep}' in {load.display_url(engine)}")
+        raise AnalysisError(artifacts.no_runs(engine, sweep))
     wrong = sorted(set(kept["task"]) - {TASK})
     if wrong:
-        raise AnalysisError(f"sweep '{sweep}' holds runs of task {wrong}, expected '{TASK}'")
+        raise AnalysisError(f"artefact '{sweep}' selects runs of task {wrong}, not '{TASK}'")
     kept = kept.assign(method=[method_of(a) for a in kept["algorithm"]])
     cells = kept.drop_duplicates(["run_id"])
     info = load.runs(engine, sweep=sweep).set_index("id")
@@ -139,7 +138,7 @@ def _load(engine: Engine | None, sweep: str) -> Sweep:
     multi = [m for m, keys in per_method.items() if len(keys) > 1]
     if multi:
         raise AnalysisError(
-            f"sweep '{sweep}' has several configurations for method '{multi[0]}' "
+            f"artefact '{sweep}' has several configurations for method '{multi[0]}' "
             f"(steps/eval_every/B/epochs/lr); one curve per method is drawn, split the sweep"
         )
     method_run = {m: int(g["run_id"].iloc[0]) for m, g in cells.groupby("method", sort=False)}
@@ -149,7 +148,7 @@ def _load(engine: Engine | None, sweep: str) -> Sweep:
     steps = {m: int(load.config_value(configs[r], "task.steps")) for m, r in method_run.items()}
     return Sweep(
         sweep=sweep,
-        base=sweep.removesuffix(artifacts.SMOKE),
+        base=load.preset_of(sweep),
         run_ids=sorted(int(r) for r in cells["run_id"]),
         method_run=method_run,
         configs=configs,
@@ -175,25 +174,22 @@ def _setting(sw: Sweep, method: str) -> str:
 
 
 def _provenance(engine: Engine, sw: Sweep) -> str:
-    n_total = len(load.runs(engine, sweep=sw.sweep, status=None))
-    commits = sorted({str(c)[:10] for c in sw.info.loc[sw.run_ids, "git_commit"] if c})
-    return (
-        f"- database: `{load.display_url(engine)}`; sweep `{sw.sweep}`; runs used: "
-        f"{len(sw.run_ids)} (ids {', '.join(map(str, sw.run_ids))}) of {n_total} in the sweep; "
-        f"git commits: {', '.join(commits) or 'unknown'}"
-    )
+    return load.runs_line(engine, sw.sweep, sw.info, sw.run_ids)
 
 
 def _timing_rows(sw: Sweep, methods: Sequence[str]) -> list[dict]:
+    """Per method, the job that computed its first run (a job runs its seeds in one program)."""
     rows = []
     for m in methods:
         r = sw.method_run[m]
         compile_s, run_s = sw.info.loc[r, "compile_s"], sw.info.loc[r, "run_s"]
+        job_seeds = sw.info.loc[r, "job_seeds"]
         rows.append(
             {
                 "method": tables.label(m),
                 "algorithm": str(sw.info.loc[r, "algorithm"]),
-                "seeds": str(int(sw.info.loc[r, "num_seeds"])),
+                "sweep": str(sw.info.loc[r, "sweep"]),
+                "seeds in the job": "—" if pd.isna(job_seeds) else str(int(job_seeds)),
                 "compile (s)": "—" if pd.isna(compile_s) else f"{compile_s:.1f}",
                 "run (s)": "—" if pd.isna(run_s) else f"{run_s:.1f}",
             }
@@ -342,19 +338,13 @@ def _build_errors(
     ylim: tuple[float, float] | None,
     title: str,
     paper_x: bool | None,
-    fallback: str | None = None,
 ) -> pd.DataFrame:
     paper_x = paper_x_axis(paper_x)
-    read = sweep
-    if fallback is not None and engine is not None and load.kept_seeds(engine, sweep).empty:
-        smoke = artifacts.SMOKE if sweep.endswith(artifacts.SMOKE) else ""
-        read = fallback + smoke
-        log.info("%s: no completed runs; reading the %s sweep", sweep, read)
-    sw = _load(engine, read)
+    sw = _load(engine, sweep)
     m = _metrics(engine, sw, ["test_error"])
     methods = _order([mm for mm in m["method"].unique() if mm in preferred], preferred)
     if not methods:
-        raise AnalysisError(f"sweep '{read}' has none of the methods {', '.join(preferred)}")
+        raise AnalysisError(f"artefact '{sweep}' has none of the methods {', '.join(preferred)}")
     missing = [mm for mm in preferred if mm not in methods and mm != "ce"]  # CE: optional
     rows = _Rows(artifact)
     curves = _error_table(sw, m, methods, paper_x, rows)
@@ -368,16 +358,9 @@ def _build_errors(
         "plots label it i·eval_every; set TPO_PAPER_X_AXIS=1 to do the same)"
     )
     md = [
-        f"# {artifacts.ARTIFACTS[sweep.removesuffix(artifacts.SMOKE)].title}"
-        + (" (smoke)" if sweep.endswith(artifacts.SMOKE) else ""),
+        f"# {artifacts.ARTIFACTS[sw.base].title}{artifacts.scale_note(sweep)}",
         "",
-        f"- artefact `{sweep}`"
-        + (
-            f", read from sweep `{read}` (this sweep has no completed runs)"
-            if read != sweep
-            else ""
-        )
-        + f"; setting: {'; '.join(sorted({_setting(sw, mm) for mm in methods}))}",
+        f"- artefact `{sweep}`; setting: {'; '.join(sorted({_setting(sw, mm) for mm in methods}))}",
         _provenance(engine, sw),
         f"- **x axis / steps: {axis}.**",
         "- GRPO = single-sample batch-standardised REINFORCE (`algorithm=batch_std_pg`, "
@@ -388,7 +371,7 @@ def _build_errors(
         "- paper: " + _PAPER_NOTE_5A,
     ]
     if missing:
-        md.append(f"- not in this sweep: {', '.join(tables.label(mm) for mm in missing)}")
+        md.append(f"- no runs of: {', '.join(tables.label(mm) for mm in missing)}")
     md += [
         "",
         tables.markdown_table(pd.DataFrame(_summary_table(df, methods, paper_x))),
@@ -397,7 +380,8 @@ def _build_errors(
         "",
         tables.markdown_table(pd.DataFrame(rows.md)),
         "",
-        "Compile and run time per job (all its seeds in one program):",
+        "Compile and run time of the job that computed each method's first run (all the "
+        "job's seeds in one program):",
         "",
         tables.markdown_table(pd.DataFrame(_timing_rows(sw, methods))),
         "",
@@ -436,7 +420,6 @@ def build_fig1a(engine, out, sweep, paper_x: bool | None = None) -> pd.DataFrame
         ylim=(0.02, 0.145),
         title="MNIST (Fig 1a)",
         paper_x=paper_x,
-        fallback="fig5_mnist",
     )
 
 
@@ -468,7 +451,7 @@ def build_fig5b(engine, out, sweep, paper_x: bool | None = None) -> pd.DataFrame
     m = _metrics(engine, sw, names)
     if m.empty:
         raise AnalysisError(
-            f"sweep '{sweep}' has no mechanism metrics (run it with task.mechanism=true)"
+            f"artefact '{sweep}' has no mechanism metrics (run it with task.mechanism=true)"
         )
     # a method without a closed form logs NaN gains (and zero counts) throughout
     gains = m[m["name"].str.startswith("surplus_bin")]
@@ -487,7 +470,7 @@ def build_fig5b(engine, out, sweep, paper_x: bool | None = None) -> pd.DataFrame
         label_step = step - sw.every[method]
         setting = (
             f"mnist mechanism, misclassified test examples, true step {step} "
-            f"(authors' x {label_step})"
+            f"(authors' x {label_step}) of steps={sw.steps[method]}"
         )
         bars[method] = []
         for k in range(NUM_BINS):
@@ -559,10 +542,10 @@ def build_fig5b(engine, out, sweep, paper_x: bool | None = None) -> pd.DataFrame
     ax_line.set_title("top-bin surplus over training")
 
     md = [
-        f"# {artifacts.ARTIFACTS['fig5b_mnist_mechanism'].title}"
-        + (" (smoke)" if sweep.endswith(artifacts.SMOKE) else ""),
+        f"# {artifacts.ARTIFACTS['fig5b_mnist_mechanism'].title}{artifacts.scale_note(sweep)}",
         "",
         _provenance(engine, sw),
+        f"- training: {'; '.join(sorted({_setting(sw, mm) for mm in methods}))}",
         "- Diagnostic (App. C; protocols §4.4): at each evaluation, on the misclassified test "
         "images, the first-order gain in p_y of each method's expected logit update (its "
         "exact closed form) minus the gain of its one-vs-rest surrogate (the same method on a "

@@ -1,7 +1,8 @@
 """Token-reversal artefacts: Fig 1b, Figs 6–9 / Tables 1–3, Figs 11–18 / Table 5.
 
 One builder per reversal preset, registered in ``analysis.artifacts.ARTIFACTS`` under the
-preset's name (= the ``runs.sweep`` name; ``<id>_smoke`` reads the smoke sweep):
+preset's name; each reads the runs serving its preset's cells, whichever preset computed them
+(``analysis.load``: Fig 1b's cells are three of Table 3's); ``<id>_smoke`` at smoke scale:
 
 ==========================  =================================================================
 id                          paper artefact(s)
@@ -67,7 +68,7 @@ DIAGNOSTICS = (
     "weight_winners",
     "weight_losers",
 )
-# every attribute that tells two runs of one sweep apart (runs columns + task.* of the config)
+# every attribute that tells two requested cells of an artefact apart (their labels)
 ATTRS = ("algorithm", "target", "reward", "H", "V", "K", "B", "match", "epochs", "eta", "steps")
 
 LABELS = {
@@ -173,18 +174,18 @@ def _show(dim: str, v) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Loading: one cell per distinct configuration (ATTRS) of the sweep
+# Loading: one cell per distinct requested configuration (ATTRS) of the artefact
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Data:
-    sweep: str
-    base: str
+    sweep: str  # the artefact (analysis.load.Artefact)
+    base: str  # its preset
     cells: dict[int, dict]  # cell id -> ATTRS values, in display order
     m: pd.DataFrame  # tidy metrics with a ``cell`` column
     run_ids: list[int]
-    runs_of: dict[int, list[int]]  # cell id -> run ids
+    runs_of: dict[int, list[int]]  # cell id -> run ids (one per seed)
     info: pd.DataFrame  # load.runs(...) indexed by run id
     engine: Engine
 
@@ -211,39 +212,35 @@ def load_sweep(
     names: Sequence[str] = ("error",),
     algorithms: Iterable[str] | None = None,
 ) -> Data:
-    """The sweep's cells and metrics. A cell is one configuration (``ATTRS``); two cells that
-    agree on ``dims`` + algorithm would be drawn as one curve, which is refused."""
+    """The artefact's cells and metrics. A cell is one requested configuration (``ATTRS``, as
+    the preset requests it: one stored run may serve two cells, e.g. a grouped method under
+    both matchings); two cells that agree on ``dims`` + algorithm would be drawn as one
+    curve, which is refused."""
     if engine is None:
         raise AnalysisError(f"artefact '{sweep}' needs a results database")
     kept = load.kept_seeds(engine, sweep)
     if algorithms is not None:
         kept = kept[kept["algorithm"].isin(list(algorithms))]
     if kept.empty:
-        raise AnalysisError(f"no completed runs for sweep '{sweep}' in {load.display_url(engine)}")
+        raise AnalysisError(artifacts.no_runs(engine, sweep))
     wrong = sorted(set(kept["task"]) - {TASK})
     if wrong:
-        raise AnalysisError(f"sweep '{sweep}' holds runs of task {wrong}, expected '{TASK}'")
+        raise AnalysisError(f"artefact '{sweep}' selects runs of task {wrong}, not '{TASK}'")
     info = load.runs(engine, sweep=sweep).set_index("id")
     attrs_of: dict[int, dict] = {}
-    for run_id, g in kept.groupby("run_id", sort=True):
+    for request, g in kept.groupby("request", sort=True):
         row = g.iloc[0]
-        task_cfg = info.loc[run_id, "config"].get("task", {}) if run_id in info.index else {}
-        a = {c: _num(row[c]) for c in ("algorithm", "H", "V", "K", "match", "epochs", "eta")}
-        a["steps"] = _num(row["steps"])
-        a["target"] = task_cfg.get("target")
-        a["reward"] = task_cfg.get("reward")
-        a["B"] = task_cfg.get("B")
-        attrs_of[int(run_id)] = a
+        attrs_of[int(request)] = {c: _num(row[c]) for c in ATTRS}
     cells: list[dict] = []
-    runs_of: list[list[int]] = []
-    for run_id, a in attrs_of.items():
+    requests_of: list[list[int]] = []
+    for request, a in attrs_of.items():
         for i, c in enumerate(cells):
             if all(_same(a[k], c[k]) for k in ATTRS):
-                runs_of[i].append(run_id)
+                requests_of[i].append(request)
                 break
         else:
             cells.append(a)
-            runs_of.append([run_id])
+            requests_of.append([request])
     keys = [*dims, "algorithm"]
     for c1, c2 in itertools.combinations(cells, 2):
         if all(_same(c1[k], c2[k]) for k in keys):
@@ -262,18 +259,23 @@ def load_sweep(
         ),
     )
     cell_dict = {new: cells[old] for new, old in enumerate(order)}
-    runs_dict = {new: runs_of[old] for new, old in enumerate(order)}
-    cell_of_run = {r: c for c, rs in runs_dict.items() for r in rs}
+    cell_of_request = {r: new for new, old in enumerate(order) for r in requests_of[old]}
     m = load.metrics(engine, sweep, names=list(names))
-    m = m[m["run_id"].isin(list(cell_of_run))].copy()
-    m["cell"] = m["run_id"].map(cell_of_run).astype(int)
+    m = m[m["request"].isin(list(cell_of_request))].copy()
+    m["cell"] = m["request"].map(cell_of_request).astype(int)
     m["name"] = m["name"].astype(str)
+    # two requests with the same labels (one cell) may be served by the same run: count it once
+    m = m.drop_duplicates(["cell", "run_id", "name", "step"])
+    kept = kept.assign(cell=kept["request"].map(cell_of_request))
+    runs_dict = {
+        c: sorted(set(kept.loc[kept["cell"] == c, "run_id"].astype(int))) for c in cell_dict
+    }
     return Data(
         sweep=sweep,
-        base=sweep.removesuffix(artifacts.SMOKE),
+        base=load.preset_of(sweep),
         cells=cell_dict,
         m=m,
-        run_ids=sorted(cell_of_run),
+        run_ids=sorted(set(kept["run_id"].astype(int))),
         runs_of=runs_dict,
         info=info,
         engine=engine,
@@ -537,6 +539,7 @@ def summarise(
                     "—" if math.isnan(lo) else f"[{fmt_pct(lo, math.nan)}, {fmt_pct(hi, math.nan)}]"
                 )
         row["n_seeds"] = str(n_seeds)
+        row["episodes"] = _show("steps", a["steps"])
         md.append(row)
     return md
 
@@ -563,11 +566,11 @@ def missing_cells(data: Data, grid: dict[str, Sequence], cells: Iterable[int] | 
 
 
 def report_missing(sweep: str, what: str, gone: list[str]) -> str:
-    """Log the missing cells (a warning for a full sweep, info for a smoke sweep) and return
-    the Markdown line."""
+    """Log the missing cells (a warning at paper scale, info at a smaller one: smoke cells
+    are not the paper's grid) and return the Markdown line."""
     if not gone:
         return f"- {what}: every cell of the paper's grid is in the database."
-    level = logging.INFO if sweep.endswith(artifacts.SMOKE) else logging.WARNING
+    level = logging.WARNING if load.selects_like_paper(load.scale_of(sweep)) else logging.INFO
     shown = "; ".join(gone[:40]) + (f"; … ({len(gone) - 40} more)" if len(gone) > 40 else "")
     log.log(
         level,
@@ -586,16 +589,12 @@ def report_missing(sweep: str, what: str, gone: list[str]) -> str:
 
 
 def header(data: Data, title: str, lines: Sequence[str] = ()) -> list[str]:
-    commits = sorted({str(c)[:10] for c in data.info.loc[data.run_ids, "git_commit"] if c})
-    n_total = len(load.runs(data.engine, sweep=data.sweep, status=None))
     settings = sorted({setting_of(a) for a in data.cells.values()})
     return [
-        f"# {title}" + (" (smoke)" if data.sweep != data.base else ""),
+        f"# {title}{artifacts.scale_note(data.sweep)}",
         "",
-        f"- artefact / sweep: `{data.sweep}`",
-        f"- database: `{load.display_url(data.engine)}`; runs used: {len(data.run_ids)} "
-        f"(ids {', '.join(map(str, data.run_ids))}) of {n_total} in the sweep; git commits: "
-        f"{', '.join(commits) or 'unknown'}",
+        f"- artefact: `{data.sweep}`",
+        load.runs_line(data.engine, data.sweep, data.info, data.run_ids),
         f"- settings: {'; '.join(settings)}",
         "- error at episode t (0-based) is measured on episode t's rollouts before its update "
         "(protocols §3.4); `final error %` = 100 × seed-mean error at the last episode, "
@@ -1123,6 +1122,7 @@ def build_fig11(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
                 )
                 row[col] = fmt_num(mean, se) if n else "—"
         row["n_seeds"] = str(n_final)
+        row["episodes"] = _show("steps", a["steps"])
         md11.append(row)
 
         row12 = {"method": label(method)}
@@ -1189,7 +1189,7 @@ def build_fig11(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
     lacking = [d for d in DIAGNOSTICS if d not in present]
     if lacking:
         log.log(
-            logging.INFO if sweep.endswith(artifacts.SMOKE) else logging.WARNING,
+            logging.WARNING if load.selects_like_paper(load.scale_of(sweep)) else logging.INFO,
             "%s: no %s metrics (runs without task.diagnostics=true?)",
             sweep,
             ", ".join(lacking),
@@ -1451,8 +1451,14 @@ def build_table5(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
 DG_METHODS = ("dg", "dg_4ep")
 
 
-def _variations_sweep(sweep: str) -> str:
-    return "table2_variations" + (artifacts.SMOKE if sweep.endswith(artifacts.SMOKE) else "")
+def _variations_sweep(sweep: str) -> load.Artefact:
+    """Fig 18 (b, c): Table 2's prompt-matched cells with DG at 1 and 4 epochs, at the
+    artefact's scale (and with its overrides, but its own algorithms and matching)."""
+    art = load.parse(sweep)
+    own = ("algorithm", "task.match")
+    keep = [o for o in art.overrides if o.lstrip("+~").split("=")[0] not in own]
+    variants = [f"algorithm={','.join(DG_METHODS)}", "task.match=prompts"]
+    return load.Artefact("table2_variations", art.scale, [*keep, *variants])
 
 
 def build_fig18(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
@@ -1479,8 +1485,8 @@ def build_fig18(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
             raise
     if data_a is None and data_bc is None:
         raise AnalysisError(
-            f"no completed runs for sweep '{sweep}' (nor dg/dg_4ep runs in '{variations}') in "
-            f"{load.display_url(engine)}"
+            f"{artifacts.no_runs(engine, sweep)}, nor for its (b, c) cells, those of "
+            f"{variations.describe()}"
         )
     md_a: list[dict] = []
     md_bc: list[dict] = []
@@ -1491,7 +1497,7 @@ def build_fig18(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
             report_missing(sweep, "(a) methods", missing_cells(data_a, {"algorithm": DG_METHODS}))
         )
     else:
-        lines.append(f"- (a): no completed runs of sweep `{sweep}`.")
+        lines.append(f"- (a): no completed runs of the cells of `{load.parse(sweep).describe()}`.")
     worse = compared = 0
     if data_bc is not None:
         bc_cells = data_bc.select(match="prompts")
@@ -1542,8 +1548,8 @@ def build_fig18(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
         )
     else:
         lines.append(
-            f"- (b, c): no dg/dg_4ep runs in sweep `{variations}` (run "
-            f"`experiment={variations} algorithm=dg,dg_4ep`)."
+            f"- (b, c): no completed runs of the cells of `{variations.describe()}` (run "
+            f"`python -m tpo_sweeps -m {variations.describe()}`)."
         )
     with _figure_style():
         ncols = int(data_a is not None) + int(bool(bc_cells))
@@ -1597,7 +1603,7 @@ def build_fig18(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
         md += ["## (a) terminal reward", "", md_table(md_a), ""]
     if data_bc is not None:
         md += [
-            f"## (b, c) prompt-matched variants (sweep `{variations}`)",
+            f"## (b, c) prompt-matched variants (the cells of `{variations.describe()}`)",
             "",
             md_table(md_bc),
             "",

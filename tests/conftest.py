@@ -11,8 +11,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def smoke_db(tmp_path_factory, pytestconfig) -> str:
-    """URL of a results DB holding the fig3 and fig4 smoke sweeps, made by the real entry
-    point (``python -m tpo_sweeps -m experiment=...``). Treat it as read-only."""
+    """URL of a results DB holding the fig3 and fig4 presets at smoke scale, made by the real
+    entry point (``python -m tpo_sweeps -m experiment=... scale=smoke``). Treat it as
+    read-only."""
     from tpo_sweeps import db
 
     tmp = tmp_path_factory.mktemp("smoke_db")
@@ -27,14 +28,22 @@ def smoke_db(tmp_path_factory, pytestconfig) -> str:
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tpo_sweeps", "-m", f"experiment={exp}", f"db.url={url}"],
+            [
+                sys.executable,
+                "-m",
+                "tpo_sweeps",
+                "-m",
+                f"experiment={exp}",
+                "scale=smoke",
+                f"db.url={url}",
+            ],
             cwd=tmp,  # Hydra's multirun/ folder goes here
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for exp in ("fig3_tabular_single_smoke", "fig4_tabular_multi_smoke")
+        for exp in ("fig3_tabular_single", "fig4_tabular_multi")
     ]
     for p in procs:
         out, _ = p.communicate(timeout=300)

@@ -1,4 +1,4 @@
-"""The analysis package on a fixture database made by the real smoke sweeps (``smoke_db``)."""
+"""The analysis package on a fixture database made by real sweeps at smoke scale (``smoke_db``)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ import pytest
 from analysis import artifacts, load, stats, tables
 from analysis.__main__ import main
 from analysis.load import AnalysisError
+from tpo_sweeps import identity
 
+# artefact ids: the presets at smoke scale (also `python -m analysis <preset> --scale smoke`)
 FIG3, FIG4 = "fig3_tabular_single_smoke", "fig4_tabular_multi_smoke"
+PRESET = {FIG3: "fig3_tabular_single", FIG4: "fig4_tabular_multi"}
 METHODS = {FIG3: ["tpo", "grpo", "dg", "pg"], FIG4: ["tpo", "grpo", "dg", "pg", "ce"]}
 # error checkpoints: round(steps/3), round(2 steps/3) of 20 steps; round(steps/4), steps/2 of 50
 CHECKPOINTS = {FIG3: (7, 13), FIG4: (12, 25)}
@@ -93,7 +96,9 @@ def test_tabular_rows_and_seed_counts(built, artifact_id):
 def test_means_and_se_equal_direct_sql(smoke_db, built, artifact_id):
     out, _ = built
     df = pd.read_csv(out / f"{artifact_id}.csv").set_index(["method", "metric"])
+    # the database holds exactly these runs (one per cell and seed), stored by the preset's sweep
     run = "SELECT id FROM runs WHERE sweep = ? AND algorithm = ? AND status = 'completed'"
+    sweep = PRESET[artifact_id]
     for method in METHODS[artifact_id]:
         for name in ("final_error", "final_misalignment"):
             values = [
@@ -101,13 +106,14 @@ def test_means_and_se_equal_direct_sql(smoke_db, built, artifact_id):
                 for (v,) in _sql(
                     smoke_db,
                     f"SELECT value FROM summaries WHERE name = ? AND run_id IN ({run})",
-                    (name, artifact_id, method),
+                    (name, sweep, method),
                 )
             ]
+            assert len(values) == 2
             (mean,) = _sql(
                 smoke_db,
                 f"SELECT AVG(value) FROM summaries WHERE name = ? AND run_id IN ({run})",
-                (name, artifact_id, method),
+                (name, sweep, method),
             )[0]
             row = df.loc[(method, name)]
             assert row["value"] == pytest.approx(mean, rel=1e-8, abs=1e-15)
@@ -118,7 +124,7 @@ def test_means_and_se_equal_direct_sql(smoke_db, built, artifact_id):
                 smoke_db,
                 "SELECT AVG(value) FROM metrics WHERE name = 'error' AND step = ? "
                 f"AND run_id IN ({run})",
-                (step, artifact_id, method),
+                (step, sweep, method),
             )[0]
             assert df.loc[(method, f"error_at_step_{step}"), "value"] == pytest.approx(
                 mean, rel=1e-8
@@ -159,46 +165,92 @@ def test_loader_frames(smoke_db):
     assert list(m.columns) == [
         *["run_id", "sweep", "algorithm", "task", "seed", "step", "name", "value"],
         *load.PROMOTED,
+        "request",
     ]
     assert len(m) == 4 * 2 * 20 * 2  # methods x seeds x steps x {error, misalignment}
     assert set(m["seed"]) == {0, 1} and set(m["step"]) == set(range(20))
+    assert set(m["sweep"]) == {FIG3}  # the artefact id, not the computing sweep
     assert set(load.metrics(engine, FIG4, names=["error"])["name"]) == {"error"}
     s = load.summaries(engine, FIG4)
     assert len(s) == 5 * 2 * 2 and set(s["name"]) == {"final_error", "final_misalignment"}
-    assert load.metrics(engine, "no_such_sweep").empty
+    # the same artefact by preset and scale, and through the --scale spelling
+    assert load.parse("fig4_tabular_multi", "smoke") == FIG4
+    pd.testing.assert_frame_equal(
+        load.summaries(engine, load.parse("fig4_tabular_multi", "smoke")), s
+    )
+    # paper scale: other cells (150 steps), none stored
+    assert load.kept_seeds(engine, "fig3_tabular_single").empty
+    with pytest.raises(AnalysisError, match="no experiment preset 'no_such_sweep'"):
+        load.metrics(engine, "no_such_sweep")
     assert artifacts.available(engine) == [FIG3, FIG4, "appendix_b"]
+    assert artifacts.available(engine, "paper") == ["appendix_b"]
     engine.dispose()
+
+
+def test_selection_is_the_presets_cells(smoke_db):
+    """An artefact's cells are the preset's, composed and identified as its jobs are; any
+    completed run of those cells counts, whichever sweep stored it, with all its seeds."""
+    from tpo_sweeps import sweep as S
+
+    cells = S.expand(["experiment=fig3_tabular_single", "scale=smoke"]).cells
+    assert [c["cell"] for c in load.selection(FIG3)] == [c.ident.cell for c in cells]
+    assert [c["labels"]["algorithm"] for c in load.selection(FIG3)] == METHODS[FIG3]
+    assert {c["labels"]["steps"] for c in load.selection(FIG3)} == {20}
+    # overrides restrict the selection as they restrict the multirun
+    only = load.Artefact("fig3_tabular_single", "smoke", ["algorithm=tpo,pg"])
+    assert only == FIG3 and [c["labels"]["algorithm"] for c in load.selection(only)] == [
+        "tpo",
+        "pg",
+    ]
+    engine = load.connect(smoke_db)
+    try:
+        assert set(load.kept_seeds(engine, only)["algorithm"]) == {"tpo", "pg"}
+    finally:
+        engine.dispose()
+
+
+def _copy_run(url: str, run_id: int, tag: str, finished: str, status="completed", shift=1.0):
+    """A copy of a stored run under another run key (same cell and seed, extras a superset:
+    diagnostics on), with its values shifted: a second completed result for one (cell, seed),
+    as a diagnostics rerun or an import from another machine gives."""
+    with sqlite3.connect(_path(url)) as conn:
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(runs)") if r[1] != "id"]
+        fixed = {"run_key": "?", "diagnostics": "1", "status": "?", "finished_at": "?"}
+        select = ", ".join(fixed.get(c, f'"{c}"') for c in cols)
+        quoted = ", ".join(f'"{c}"' for c in cols)
+        new = conn.execute(
+            f"INSERT INTO runs ({quoted}) SELECT {select} FROM runs WHERE id = ?",
+            (f"{tag}-{run_id}", status, finished, run_id),
+        ).lastrowid
+        conn.execute(
+            "INSERT INTO metrics (run_id, name, step, value) SELECT ?, name, step, value + ? "
+            "FROM metrics WHERE run_id = ?",
+            (new, shift, run_id),
+        )
+        conn.execute(
+            "INSERT INTO summaries (run_id, name, value) SELECT ?, name, value + ? "
+            "FROM summaries WHERE run_id = ?",
+            (new, shift, run_id),
+        )
+    return new
 
 
 def test_dedup_keeps_latest_completed_run_per_seed(smoke_db, tmp_path, caplog):
     url = f"sqlite:///{tmp_path}/dup.sqlite"
     shutil.copy(_path(smoke_db), _path(url))
-    ((orig,),) = _sql(url, "SELECT id FROM runs WHERE sweep = ? AND algorithm = 'tpo'", (FIG3,))
-    finals = dict(
+    orig = dict(
         _sql(
             url,
-            "SELECT seed, value FROM summaries WHERE run_id = ? AND name = 'final_error'",
-            (orig,),
+            "SELECT seed, id FROM runs WHERE sweep = ? AND algorithm = 'tpo'",
+            (PRESET[FIG3],),
         )
     )
-
-    def duplicate(tag, finished, status="completed", seed=None, num_seeds=None, shift=1.0):
-        with sqlite3.connect(_path(url)) as conn:
-            new = conn.execute(
-                "INSERT INTO runs (config_hash, sweep, algorithm, task, optimizer, seed, "
-                "num_seeds, steps, epochs, K, eta, H, V, match, overrides, config, status, "
-                "started_at, finished_at) SELECT ?, sweep, algorithm, task, optimizer, "
-                "COALESCE(?, seed), COALESCE(?, num_seeds), steps, epochs, K, eta, H, V, match, "
-                "overrides, config, ?, ?, ? FROM runs WHERE id = ?",
-                (tag, seed, num_seeds, status, finished, finished, orig),
-            ).lastrowid
-            for table in ("metrics", "summaries"):
-                cols = "seed, name, step" if table == "metrics" else "seed, name"
-                conn.execute(
-                    f"INSERT INTO {table} (run_id, {cols}, value) SELECT ?, {cols}, value + ? "
-                    f"FROM {table} WHERE run_id = ? AND seed BETWEEN ? AND ?",
-                    (new, shift, orig, seed or 0, (seed or 0) + (num_seeds or 2) - 1),
-                )
+    finals = {
+        seed: _sql(
+            url, "SELECT value FROM summaries WHERE run_id = ? AND name = 'final_error'", (i,)
+        )[0][0]
+        for seed, i in orig.items()
+    }
 
     def final_tpo():
         engine = load.connect(url)
@@ -206,9 +258,10 @@ def test_dedup_keeps_latest_completed_run_per_seed(smoke_db, tmp_path, caplog):
         engine.dispose()
         return df.set_index(["method", "metric"]).loc[("tpo", "final_error")]
 
-    # an older completed rerun of the same cell and a newer failed one: both ignored
-    duplicate("old", "2000-01-01 00:00:00")
-    duplicate("failed", "2999-01-01 00:00:00", status="failed", shift=5.0)
+    # an older completed rerun of both seeds and a newer failed one: both ignored
+    for run_id in orig.values():
+        _copy_run(url, run_id, "old", "2000-01-01 00:00:00")
+        _copy_run(url, run_id, "failed", "2999-01-01 00:00:00", status="failed", shift=5.0)
     with caplog.at_level(logging.WARNING, logger="analysis"):
         row = final_tpo()
     assert row["n_seeds"] == 2
@@ -216,10 +269,35 @@ def test_dedup_keeps_latest_completed_run_per_seed(smoke_db, tmp_path, caplog):
     assert any("dropped 2 (run, seed)" in r.getMessage() for r in caplog.records)
 
     # a newer completed run of seed 1 only: replaces seed 1, seed 0 stays from the original
-    duplicate("new-seed-1", "2999-01-01 00:00:00", seed=1, num_seeds=1, shift=1.0)
+    _copy_run(url, orig[1], "new", "2999-01-01 00:00:00", shift=1.0)
     row = final_tpo()
     assert row["n_seeds"] == 2
     assert row["value"] == pytest.approx((finals[0] + finals[1] + 1.0) / 2, rel=1e-8)
+
+
+def test_every_completed_seed_counts(smoke_db, tmp_path):
+    """Seeds beyond the preset's num_seeds (a later, larger run of the same cells) count."""
+    url = f"sqlite:///{tmp_path}/more.sqlite"
+    shutil.copy(_path(smoke_db), _path(url))
+    (run_id,) = _sql(
+        url,
+        "SELECT id FROM runs WHERE sweep = ? AND algorithm = 'pg' AND seed = 1",
+        (PRESET[FIG3],),
+    )[0]
+    new = _copy_run(url, run_id, "seed7", "2001-01-01 00:00:00", shift=0.0)
+    ((cell,),) = _sql(url, "SELECT cell_hash FROM runs WHERE id = ?", (new,))
+    key = identity.run_key(cell, 7, {"diagnostics": False, "mechanism": False, "log_every": 1})
+    with sqlite3.connect(_path(url)) as conn:
+        conn.execute(
+            "UPDATE runs SET seed = 7, diagnostics = 0, run_key = ? WHERE id = ?", (key, new)
+        )
+    engine = load.connect(url)
+    try:
+        kept = load.kept_seeds(engine, FIG3)
+    finally:
+        engine.dispose()
+    assert sorted(kept.loc[kept["algorithm"] == "pg", "seed"]) == [0, 1, 7]
+    assert sorted(kept.loc[kept["algorithm"] == "tpo", "seed"]) == [0, 1]
 
 
 def test_connect_rejects_what_is_not_a_results_db(tmp_path):
@@ -310,8 +388,41 @@ def test_cli_all_and_list(smoke_db, tmp_path, capsys):
         assert str(tmp_path / f"{artifact_id}.csv") in written
     assert main(["list", "--db", smoke_db]) == 0
     listing = capsys.readouterr().out
-    row = next(line.split() for line in listing.splitlines() if line.startswith(FIG4))
-    assert row == [FIG4, FIG4, "5", "0", "0"]
+    sweep = PRESET[FIG4]
+    row = next(line.split() for line in listing.splitlines() if line.startswith(sweep))
+    assert row == [sweep, sweep, "10", "0", "0"]  # 5 cells x 2 seeds, one run each
+    # only one scale: nothing at paper scale but appendix_b
+    assert main(["all", "--scale", "paper", "--db", smoke_db, "--out", str(tmp_path / "p")]) == 0
+    assert "appendix_b" in capsys.readouterr().out
+    assert not (tmp_path / "p" / f"{PRESET[FIG3]}.csv").exists()
+
+
+def test_cli_scale_flag_and_overrides(smoke_db, tmp_path, capsys):
+    """``<preset> --scale smoke`` is ``<preset>_smoke``; overrides select as in the multirun."""
+    out = tmp_path / "o"
+    assert main([PRESET[FIG3], "--scale", "smoke", "--db", smoke_db, "--out", str(out)]) == 0
+    assert str(out / f"{FIG3}.csv") in capsys.readouterr().out
+    both = pd.read_csv(out / f"{FIG3}.csv")
+    args = [PRESET[FIG3], "algorithm=tpo,dg", "--scale", "smoke", "--db", smoke_db]
+    assert main([*args, "--out", str(out / "two")]) == 0
+    two = pd.read_csv(out / "two" / f"{FIG3}.csv")
+    assert set(two["method"]) == {"tpo", "dg"}
+    pd.testing.assert_frame_equal(
+        two.reset_index(drop=True),
+        both[both["method"].isin(["tpo", "dg"])].reset_index(drop=True),
+    )
+    md = (out / "two" / f"{FIG3}.md").read_text()
+    assert "experiment=fig3_tabular_single scale=smoke algorithm=tpo,dg" in md
+
+
+def test_cli_bad_scale(smoke_db, tmp_path, capsys):
+    assert main([PRESET[FIG3], "--scale", "huge", "--db", smoke_db]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "unknown scale 'huge'" in line and "smoke" in line
+    assert main(["all", "--scale", "huge", "--db", smoke_db, "--out", str(tmp_path)]) == 2
+    assert "unknown scale 'huge'" in _one_line(capsys.readouterr().err)
+    assert main([FIG3, "--scale", "paper", "--db", smoke_db]) == 2
+    assert "scale smoke" in _one_line(capsys.readouterr().err)
 
 
 def test_cli_module_entry_point(smoke_db):
