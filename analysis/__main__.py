@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     # intermixed: overrides may follow --scale (fig1b_terminal --scale smoke task.steps=4)
     args = _parser().parse_intermixed_args(argv)
     _setup_logging(args.verbose)
-    from analysis import artifacts, load
+    from analysis import artifacts, load, selection
 
     try:
         if args.target in ("list", "all") and args.overrides:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             return _list(load.connect(args.db))
         if args.target == "all":
             if args.scale is not None:
-                load.check_scale(args.scale)  # an unknown scale: one line, before any work
+                selection.check_scale(args.scale)  # an unknown scale: one line, before any work
             return _all(args.db, Path(args.out), args.scale)
         builder, sweep = artifacts.resolve(args.target, args.scale, args.overrides)
         engine = load.connect(args.db) if builder.needs_runs else None

@@ -8,7 +8,7 @@ line, reads the preset's cells at that scale. ``appendix_b`` needs no runs: it e
 uses, and sets it beside the closed forms.
 
 A builder is called as ``ARTIFACTS[id](engine, out_dir, sweep)`` with ``sweep`` an
-``analysis.load.Artefact`` (the id string, carrying preset, scale and overrides); it writes
+``analysis.selection.Artefact`` (the id string, carrying preset, scale and overrides); it writes
 ``<stem>.png``, ``<stem>.pdf``, ``<stem>.md`` and ``<stem>.csv`` into ``out_dir`` (the stem
 is the artefact id, e.g. ``fig3_tabular_single_smoke``) and returns the long-format frame
 (``analysis.tables.COLUMNS``), with the written paths in ``df.attrs["files"]``.
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from analysis import load, stats, tables
+from analysis import load, selection, stats, tables
 from analysis.load import AnalysisError
 
 log = logging.getLogger("analysis")
@@ -44,7 +44,7 @@ class Builder:
     def __call__(self, engine: Engine | None, out_dir: str | Path, sweep: str | None = None):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        return self.fn(engine, out, load.parse(sweep or self.id))
+        return self.fn(engine, out, selection.parse(sweep or self.id))
 
 
 ARTIFACTS: dict[str, Builder] = {}
@@ -57,17 +57,17 @@ def _register(builder: Builder) -> Builder:
 
 def resolve(
     artifact_id: str, scale: str | None = None, overrides: Sequence[str] = ()
-) -> tuple[Builder, load.Artefact]:
+) -> tuple[Builder, selection.Artefact]:
     """Builder and artefact for an id (``<id>_<scale>`` or ``scale``: the preset's cells at
     that scale; ``overrides``: as given to the preset's multirun)."""
-    art = load.parse(artifact_id, scale, overrides)
+    art = selection.parse(artifact_id, scale, overrides)
     builder = ARTIFACTS.get(art.preset)
     if builder is not None and (builder.needs_runs or (art == builder.id and not overrides)):
         return builder, art
     known = ", ".join(i for i in ARTIFACTS)
     raise AnalysisError(
         f"unknown artefact id '{artifact_id}' (known: {known}; any but appendix_b also as "
-        f"<id>_<scale>, scales: {', '.join(load.scales())})"
+        f"<id>_<scale>, scales: {', '.join(selection.scales())})"
     )
 
 
@@ -82,8 +82,8 @@ def available(engine: Engine, scale: str | None = None) -> list[str]:
     registry order (each paper id before its smaller scales), then the artefacts that need
     no runs (``appendix_b`` is always listed). A scale with the paper's cells (``reduced``)
     gives the paper-scale ids."""
-    if scale is not None and load.selects_like_paper(scale):
-        scale = load.PAPER
+    if scale is not None and selection.selects_like_paper(scale):
+        scale = selection.PAPER
     presets = [i for i, b in ARTIFACTS.items() if b.needs_runs]
     found = load.present(engine, presets)
     ids = [str(a) for a in found if scale is None or a.scale == scale]
@@ -96,7 +96,7 @@ def available(engine: Engine, scale: str | None = None) -> list[str]:
 
 
 def _cfg(config: dict, dotted: str, default="?"):
-    return load.config_value(config, dotted, default)
+    return selection.config_value(config, dotted, default)
 
 
 def _alpha(config: dict) -> str:
@@ -130,7 +130,7 @@ def _build_tabular(spec: TabularSpec, engine: Engine | None, out: Path, sweep: s
 
     if engine is None:
         raise AnalysisError(f"artefact '{sweep}' needs a results database")
-    base = load.preset_of(sweep)
+    base = selection.preset_of(sweep)
     kept = load.kept_seeds(engine, sweep)
     if kept.empty:
         raise AnalysisError(no_runs(engine, sweep))
@@ -236,12 +236,12 @@ def _build_tabular(spec: TabularSpec, engine: Engine | None, out: Path, sweep: s
 
 def scale_note(sweep: str) -> str:
     """`` (smoke)`` after a title for an artefact below paper scale."""
-    scale = load.scale_of(sweep)
-    return "" if scale == load.PAPER else f" ({scale})"
+    scale = selection.scale_of(sweep)
+    return "" if scale == selection.PAPER else f" ({scale})"
 
 
 def no_runs(engine: Engine, sweep: str) -> str:
-    art = load.parse(sweep)
+    art = selection.parse(sweep)
     return (
         f"no completed runs for artefact '{art}' (the cells of {art.describe()}) in "
         f"{load.display_url(engine)}"

@@ -2,9 +2,9 @@
 
 An artefact's runs are a **selection on the effective config**, defined by its experiment
 preset: artefact ``X`` at scale ``S`` (with optional extra overrides ``O``) reads the cells of
-``python -m tpo_sweeps -m experiment=X scale=S O`` (``tpo_sweeps.sweep.expand``, the one
-definition the multirun also launches) and every **completed** run that serves one of them:
-its ``cell_hash`` is the cell's and its extras satisfy the cell's (``identity.satisfies``: a
+``python -m tpo_sweeps -m experiment=X scale=S O`` (``analysis.selection``: artefact ids and
+their requested cells) and every **completed** run that serves one of them: its
+``cell_hash`` is the cell's and its extras satisfy the cell's (``identity.satisfies``: a
 diagnostics run serves a request without diagnostics), whichever sweep, job or machine stored
 it, and whatever seeds it has (all completed seeds count, not only the preset's
 ``num_seeds``). Each row is labelled with the *requested* cell's values (the algorithm as
@@ -15,13 +15,6 @@ Selection rule (``kept_seeds``): per requested cell and seed, the most recently 
 completed run wins (ties: the higher run id), e.g. a run with more diagnostics stored after
 a plain one; a warning says how many results were dropped.
 
-Artefact ids: ``X`` is ``X`` at scale ``paper``; ``X_<scale>`` (``fig1b_terminal_smoke``)
-is ``X`` at that scale. ``Artefact`` carries the preset, scale and overrides while being the
-id string itself (the output stem and the tidy frames' ``sweep`` column), so builders pass
-it to the functions below unchanged. Expansions are cached in the process and on disk
-(``TPO_SWEEPS_CACHE_DIR``, default ``~/.cache/tpo_sweeps/selections``), keyed by the
-contents of ``conf/`` and of the ``tpo_sweeps`` modules that compose and identify cells.
-
 Tables read (schema version 2, see ``tpo_sweeps/db.py``): ``runs`` (one row per cell, seed
 and extras: ``run_key, cell_hash, seed, diagnostics, mechanism, log_every``, the promoted
 columns, the resolved ``config``, status, times, provenance), ``sweep_runs(sweep, run_id)``,
@@ -31,25 +24,23 @@ columns, the resolved ``config``, status, times, provenance), ``sweep_runs(sweep
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from sqlalchemy import bindparam, create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
+from analysis import selection
+from analysis.errors import AnalysisError, first_line
+
 log = logging.getLogger("analysis")
 
 SUPPORTED_SCHEMA_VERSIONS = (2,)
-PAPER = "paper"  # the default scale: the preset as the paper ran it
 
 # A cell's labels: what the requested config says (not the resolved one), per tidy row.
 CELL = [
@@ -67,9 +58,6 @@ CELL = [
 ]
 # Label columns copied onto every metric / summary row (the "promoted" columns).
 PROMOTED = [c for c in CELL if c not in ("sweep", "algorithm", "task")]
-# Labels that are no run column, from the requested config: name -> dotted path (None where a
-# task has none). B is here because interaction matching changes the stored (resolved) B.
-CONFIG_CELL = {"target": "task.target", "reward": "task.reward", "B": "task.B"}
 
 _RUN_COLUMNS = [
     "id",
@@ -97,10 +85,6 @@ _RUN_COLUMNS = [
 ]
 _TIDY_HEAD = ["run_id", "sweep", "algorithm", "task", "seed"]
 _CHUNK = 500  # ids per IN (...) list: under every backend's bound-parameter limit
-
-
-class AnalysisError(RuntimeError):
-    """Bad input to the analysis (URL, artefact id, missing runs); the message is one line."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +129,7 @@ def connect(url: str) -> Engine:
     except AnalysisError:
         raise
     except (NoSuchModuleError, ImportError, ArgumentError) as e:
-        raise AnalysisError(f"database {shown}: {_first_line(e)}") from None
+        raise AnalysisError(f"database {shown}: {first_line(e)}") from None
     try:
         tables = set(inspect(engine).get_table_names())
         if "schema_info" not in tables:
@@ -159,7 +143,7 @@ def connect(url: str) -> Engine:
         raise
     except DBAPIError as e:
         engine.dispose()
-        raise AnalysisError(f"database {shown}: {_first_line(e.orig or e)}") from None
+        raise AnalysisError(f"database {shown}: {first_line(e.orig or e)}") from None
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         engine.dispose()
         hint = " (migrate it: python -m tpo_sweeps migrate --db <url>)" if version == 1 else ""
@@ -168,239 +152,6 @@ def connect(url: str) -> Engine:
             f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}{hint}"
         )
     return engine
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
-# --------------------------------------------------------------------------------------------
-# Artefact ids: preset + scale + overrides
-# --------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def config_dir() -> Path:
-    """``conf/``, as the entry point finds it."""
-    from tpo_sweeps.run import _config_dir
-
-    return Path(_config_dir())
-
-
-@functools.cache
-def scales() -> tuple[str, ...]:
-    """The options of the ``scale`` config group (``conf/scale/*.yaml``)."""
-    return tuple(sorted(p.stem for p in (config_dir() / "scale").glob("*.yaml")))
-
-
-@functools.cache
-def selects_like_paper(scale: str) -> bool:
-    """Whether ``scale`` only changes how many seeds a job runs (``reduced``): its cells are
-    the paper's, and the analysis, which reads every stored seed, builds the same artefact."""
-    from omegaconf import OmegaConf
-
-    if scale == PAPER:
-        return True
-    own = OmegaConf.load(config_dir() / "scale" / f"{scale}.yaml")
-    per_task = list((config_dir() / "scale" / "task").glob(f"{scale}_*.yaml"))
-    return not per_task and set(own.keys()) <= {"num_seeds", "seed"}
-
-
-class Artefact(str):
-    """An artefact id (``fig1b_terminal_smoke``) that also says which cells it reads: those of
-    ``experiment=<preset> scale=<scale> <overrides>``. It *is* the id string (output stem,
-    ``sweep`` column, messages), so the builders pass it along as they passed sweep names."""
-
-    preset: str
-    scale: str
-    overrides: tuple[str, ...]
-
-    def __new__(cls, preset: str, scale: str = PAPER, overrides: Iterable[str] = ()):
-        self = super().__new__(cls, preset if scale == PAPER else f"{preset}_{scale}")
-        self.preset, self.scale, self.overrides = preset, scale, tuple(overrides)
-        return self
-
-    @property
-    def args(self) -> list[str]:
-        """The multirun command line whose cells this artefact reads."""
-        return [f"experiment={self.preset}", f"scale={self.scale}", *self.overrides]
-
-    @property
-    def key(self) -> tuple[str, str, tuple[str, ...]]:
-        # not the string: two artefacts with one id may differ in their overrides
-        return (self.preset, self.scale, self.overrides)
-
-    def describe(self) -> str:
-        return " ".join(self.args)
-
-
-def parse(name: str, scale: str | None = None, overrides: Iterable[str] = ()) -> Artefact:
-    """The artefact an id names: ``X`` (scale ``paper``, or ``scale``), ``X_<scale>``.
-
-    Raises ``AnalysisError`` for a scale that does not exist or contradicts the id's suffix.
-    """
-    overrides = tuple(overrides)
-    if isinstance(name, Artefact) and scale is None and not overrides:
-        return name
-    base, suffix = str(name), None
-    for s in scales():
-        if base.endswith(f"_{s}") and len(base) > len(s) + 1:
-            base, suffix = base[: -len(s) - 1], s
-            break
-    if scale is not None:
-        check_scale(scale)
-    if scale is not None and suffix is not None and scale != suffix:
-        raise AnalysisError(f"'{name}' is at scale {suffix}, not the requested scale {scale}")
-    if isinstance(name, Artefact):
-        overrides = name.overrides + overrides
-    return Artefact(base, scale or suffix or PAPER, overrides)
-
-
-def check_scale(scale: str) -> str:
-    if scale not in scales():
-        raise AnalysisError(f"unknown scale '{scale}' (known: {', '.join(scales())})")
-    return scale
-
-
-def preset_of(name: str) -> str:
-    return parse(name).preset
-
-
-def scale_of(name: str) -> str:
-    return parse(name).scale
-
-
-# --------------------------------------------------------------------------------------------
-# Expansion (cached): the requested cells of an artefact
-# --------------------------------------------------------------------------------------------
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get("TPO_SWEEPS_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "tpo_sweeps" / "selections"
-
-
-@functools.cache
-def _fingerprint() -> str:
-    """What an expansion depends on: every file under ``conf/`` (site settings too) and the
-    ``tpo_sweeps`` modules (schema defaults, identity rules, algorithm registry, expansion)."""
-    import hydra
-    import omegaconf
-
-    import tpo_sweeps
-
-    h = hashlib.sha256(f"{hydra.__version__} {omegaconf.__version__}".encode())
-    pkg = Path(tpo_sweeps.__file__).resolve().parent
-    files = [p for p in config_dir().rglob("*") if p.is_file()]
-    files += list(pkg.glob("*.py"))
-    for p in sorted(files):
-        h.update(str(p).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def _cached(kind: str, key: Any, compute):
-    """``compute()``, memoised on disk under the fingerprint (best effort: an unwritable
-    cache only costs the recomputation)."""
-    digest = hashlib.sha256(json.dumps([kind, key, _fingerprint()]).encode()).hexdigest()
-    path = _cache_dir() / f"{kind}-{digest[:32]}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
-    value = compute()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(value))
-        os.replace(tmp, path)  # atomic: concurrent analyses never read half a file
-    except OSError as e:
-        log.debug("selection cache not written (%s)", e)
-    return value
-
-
-def _check_preset(preset: str) -> None:
-    if not (config_dir() / "experiment" / f"{preset}.yaml").is_file():
-        raise AnalysisError(f"no experiment preset '{preset}' in {config_dir() / 'experiment'}")
-
-
-def _expand(args: list[str]) -> list[dict]:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from tpo_sweeps import config as C
-    from tpo_sweeps import sweep as S
-    from tpo_sweeps.store import promoted
-
-    try:
-        cells = S.expand(args).cells
-    except (HydraException, OmegaConfBaseException, C.ConfigError) as e:
-        raise AnalysisError(f"{' '.join(args)}: {_first_line(e)}") from None
-    out = []
-    for cell in cells:
-        requested = C.as_dict(cell.config)
-        labels = {k: v for k, v in promoted(cell.config).items() if k != "sweep"}
-        labels.update({k: config_value(requested, d) for k, d in CONFIG_CELL.items()})
-        out.append(
-            {
-                "cell": cell.ident.cell,
-                "extras": dict(cell.ident.extras),
-                "overrides": list(cell.overrides),
-                "labels": labels,
-            }
-        )
-    return out
-
-
-@functools.lru_cache(maxsize=256)
-def _selection(key: tuple[str, str, tuple[str, ...]]) -> tuple[dict, ...]:
-    preset, scale, overrides = key
-    _check_preset(preset)
-    art = Artefact(preset, scale, overrides)
-    return tuple(_cached("cells", list(key), lambda: _expand(art.args)))
-
-
-def selection(name: str) -> list[dict]:
-    """The requested cells of an artefact, in launch order: ``cell`` (hash), ``extras``,
-    ``overrides`` and ``labels`` (the requested config's promoted and ``CONFIG_CELL``
-    values)."""
-    return list(_selection(parse(name).key))
-
-
-@functools.lru_cache(maxsize=256)
-def _primary(preset: str, scale: str) -> dict:
-    """The preset's task, steps and swept keys at ``scale`` (one composition, no cells)."""
-    _check_preset(preset)
-
-    def compute() -> dict:
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
-
-        from tpo_sweeps import config as C
-
-        C.register_configs()
-        args = [f"experiment={preset}", f"scale={scale}"]
-
-        def go():
-            cfg = compose(config_name="config", overrides=args, return_hydra_config=True)
-            params = dict(cfg.hydra.sweeper.get("params") or {})
-            return {
-                "task": str(cfg.task.name),
-                "steps": int(cfg.task.steps),
-                "swept": sorted(params),
-                "campaign": list(cfg.get("campaign") or []),
-            }
-
-        if GlobalHydra.instance().is_initialized():
-            return go()
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return go()
-
-    return _cached("primary", [preset, scale], compute)
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +200,7 @@ def _requests(name: str) -> pd.DataFrame:
             "mechanism_req": bool(c["extras"]["mechanism"]),
             "log_every_req": int(c["extras"]["log_every"]),
         }
-        for i, c in enumerate(selection(name))
+        for i, c in enumerate(selection.selection(name))
     ]
     return pd.DataFrame(
         rows,
@@ -524,18 +275,8 @@ def sweep_counts(engine: Engine) -> pd.DataFrame:
     return table.reset_index()
 
 
-def config_value(config, dotted: str, default=None):
-    """``config["a"]["b"]`` for ``dotted = "a.b"`` (a parsed ``runs.config``), or ``default``."""
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 _warned: set[tuple[str, str, int]] = set()
-_KEPT = ["run_id", "seed", "finished_at", *CELL, *CONFIG_CELL, "request"]
+_KEPT = ["run_id", "seed", "finished_at", *CELL, *selection.CONFIG_CELL, "request"]
 
 
 def kept_seeds(engine: Engine, sweep: str) -> pd.DataFrame:
@@ -544,10 +285,10 @@ def kept_seeds(engine: Engine, sweep: str) -> pd.DataFrame:
 
     Completed runs only; per requested cell and seed the most recently finished run wins (see
     the module docstring). Columns: run_id, seed, finished_at, ``CELL`` (``sweep`` = the
-    artefact id), ``CONFIG_CELL`` and ``request`` (the requested cell's index in the preset's
-    launch order; one run may appear under several).
+    artefact id), ``selection.CONFIG_CELL`` and ``request`` (the requested cell's index in
+    the preset's launch order; one run may appear under several).
     """
-    art = parse(sweep)
+    art = selection.parse(sweep)
     requests = _requests(art)
     cells = sorted(set(requests["cell_hash"]))
     stored = _read_chunked(
@@ -579,7 +320,7 @@ def kept_seeds(engine: Engine, sweep: str) -> pd.DataFrame:
                 gone,
             )
     labels = pd.DataFrame(
-        [{"request": i, **c["labels"]} for i, c in enumerate(selection(art))]
+        [{"request": i, **c["labels"]} for i, c in enumerate(selection.selection(art))]
     ).assign(sweep=str(art))
     kept = kept[["run_id", "seed", "finished_at", "request"]].merge(labels, on="request")
     return kept[_KEPT].sort_values(["request", "seed", "run_id"]).reset_index(drop=True)
@@ -602,7 +343,7 @@ def id_ranges(ids: Iterable[int]) -> str:
 
 def runs_line(engine: Engine, sweep: str, info: pd.DataFrame, run_ids: Sequence[int]) -> str:
     """The Markdown line that says which runs an artefact used and where they came from."""
-    art = parse(sweep)
+    art = selection.parse(sweep)
     n_all = len(runs(engine, sweep=art, status=None))
     used = info.loc[list(run_ids)]
     commits = sorted({str(c)[:10] for c in used["git_commit"] if c})
@@ -663,7 +404,7 @@ def _read(
 # --------------------------------------------------------------------------------------------
 
 
-def present(engine: Engine, presets: Iterable[str]) -> list[Artefact]:
+def present(engine: Engine, presets: Iterable[str]) -> list[selection.Artefact]:
     """The artefacts (preset x scale) for which at least one requested cell has a completed
     serving run. Scales that select like ``paper`` (``reduced``) are not listed again. A
     preset is only expanded when some completed run has its task and episode count at that
@@ -685,14 +426,14 @@ def present(engine: Engine, presets: Iterable[str]) -> list[Artefact]:
         )
     out = []
     for preset in presets:
-        for scale in scales():
-            if scale != PAPER and selects_like_paper(scale):
+        for scale in selection.scales():
+            if scale != selection.PAPER and selection.selects_like_paper(scale):
                 continue
-            p = _primary(preset, scale)
+            p = selection.primary(preset, scale)
             fixed = not any(k in ("task", "task.steps") for k in p["swept"]) and not p["campaign"]
             if fixed and (p["task"], p["steps"]) not in shapes:
                 continue
-            art = Artefact(preset, scale)
+            art = selection.Artefact(preset, scale)
             if not _satisfying(stored, _requests(art)).empty:
                 out.append(art)
     return out

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from analysis import artifacts, load, stats, tables
+from analysis import artifacts, load, selection, stats, tables
 from analysis.load import AnalysisError
 
 log = logging.getLogger("analysis")
@@ -101,7 +101,7 @@ def _order(methods: Sequence[str], preferred: Sequence[str]) -> list[str]:
 
 @dataclass
 class Sweep:
-    sweep: str  # the artefact read (analysis.load.Artefact)
+    sweep: str  # the artefact read (analysis.selection.Artefact)
     base: str  # its preset
     run_ids: list[int]
     method_run: dict[str, int]  # method -> its first run (for config values)
@@ -128,11 +128,11 @@ def _load(engine: Engine | None, sweep: str) -> Sweep:
     for _, row in cells.iterrows():
         cfg = configs[int(row["run_id"])]
         key = (
-            load.config_value(cfg, "task.steps"),
-            load.config_value(cfg, "task.eval_every"),
-            load.config_value(cfg, "task.batch_size"),
-            load.config_value(cfg, "algorithm.epochs"),
-            load.config_value(cfg, "optimizer.lr"),
+            selection.config_value(cfg, "task.steps"),
+            selection.config_value(cfg, "task.eval_every"),
+            selection.config_value(cfg, "task.batch_size"),
+            selection.config_value(cfg, "algorithm.epochs"),
+            selection.config_value(cfg, "optimizer.lr"),
         )
         per_method.setdefault(row["method"], set()).add(key)
     multi = [m for m, keys in per_method.items() if len(keys) > 1]
@@ -143,12 +143,14 @@ def _load(engine: Engine | None, sweep: str) -> Sweep:
         )
     method_run = {m: int(g["run_id"].iloc[0]) for m, g in cells.groupby("method", sort=False)}
     every = {
-        m: int(load.config_value(configs[r], "task.eval_every")) for m, r in method_run.items()
+        m: int(selection.config_value(configs[r], "task.eval_every")) for m, r in method_run.items()
     }
-    steps = {m: int(load.config_value(configs[r], "task.steps")) for m, r in method_run.items()}
+    steps = {
+        m: int(selection.config_value(configs[r], "task.steps")) for m, r in method_run.items()
+    }
     return Sweep(
         sweep=sweep,
-        base=load.preset_of(sweep),
+        base=selection.preset_of(sweep),
         run_ids=sorted(int(r) for r in cells["run_id"]),
         method_run=method_run,
         configs=configs,
@@ -167,8 +169,8 @@ def _metrics(engine: Engine, sw: Sweep, names: Sequence[str]) -> pd.DataFrame:
 def _setting(sw: Sweep, method: str) -> str:
     cfg = sw.configs[sw.method_run[method]]
     return (
-        f"mnist bandit B={load.config_value(cfg, 'task.batch_size')} "
-        f"adam lr={load.config_value(cfg, 'optimizer.lr')} steps={sw.steps[method]} "
+        f"mnist bandit B={selection.config_value(cfg, 'task.batch_size')} "
+        f"adam lr={selection.config_value(cfg, 'optimizer.lr')} steps={sw.steps[method]} "
         f"eval_every={sw.every[method]}"
     )
 

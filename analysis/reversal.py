@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from analysis import artifacts, load, stats, tables
+from analysis import artifacts, load, selection, stats, tables
 from analysis.load import AnalysisError
 
 log = logging.getLogger("analysis")
@@ -180,7 +180,7 @@ def _show(dim: str, v) -> str:
 
 @dataclass
 class Data:
-    sweep: str  # the artefact (analysis.load.Artefact)
+    sweep: str  # the artefact (analysis.selection.Artefact)
     base: str  # its preset
     cells: dict[int, dict]  # cell id -> ATTRS values, in display order
     m: pd.DataFrame  # tidy metrics with a ``cell`` column
@@ -272,7 +272,7 @@ def load_sweep(
     }
     return Data(
         sweep=sweep,
-        base=load.preset_of(sweep),
+        base=selection.preset_of(sweep),
         cells=cell_dict,
         m=m,
         run_ids=sorted(set(kept["run_id"].astype(int))),
@@ -570,7 +570,9 @@ def report_missing(sweep: str, what: str, gone: list[str]) -> str:
     are not the paper's grid) and return the Markdown line."""
     if not gone:
         return f"- {what}: every cell of the paper's grid is in the database."
-    level = logging.WARNING if load.selects_like_paper(load.scale_of(sweep)) else logging.INFO
+    level = (
+        logging.WARNING if selection.selects_like_paper(selection.scale_of(sweep)) else logging.INFO
+    )
     shown = "; ".join(gone[:40]) + (f"; … ({len(gone) - 40} more)" if len(gone) > 40 else "")
     log.log(
         level,
@@ -1189,7 +1191,9 @@ def build_fig11(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
     lacking = [d for d in DIAGNOSTICS if d not in present]
     if lacking:
         log.log(
-            logging.WARNING if load.selects_like_paper(load.scale_of(sweep)) else logging.INFO,
+            logging.WARNING
+            if selection.selects_like_paper(selection.scale_of(sweep))
+            else logging.INFO,
             "%s: no %s metrics (runs without task.diagnostics=true?)",
             sweep,
             ", ".join(lacking),
@@ -1451,14 +1455,14 @@ def build_table5(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
 DG_METHODS = ("dg", "dg_4ep")
 
 
-def _variations_sweep(sweep: str) -> load.Artefact:
+def _variations_sweep(sweep: str) -> selection.Artefact:
     """Fig 18 (b, c): Table 2's prompt-matched cells with DG at 1 and 4 epochs, at the
     artefact's scale (and with its overrides, but its own algorithms and matching)."""
-    art = load.parse(sweep)
+    art = selection.parse(sweep)
     own = ("algorithm", "task.match")
     keep = [o for o in art.overrides if o.lstrip("+~").split("=")[0] not in own]
     variants = [f"algorithm={','.join(DG_METHODS)}", "task.match=prompts"]
-    return load.Artefact("table2_variations", art.scale, [*keep, *variants])
+    return selection.Artefact("table2_variations", art.scale, [*keep, *variants])
 
 
 def build_fig18(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
@@ -1497,7 +1501,9 @@ def build_fig18(engine: Engine | None, out: Path, sweep: str) -> pd.DataFrame:
             report_missing(sweep, "(a) methods", missing_cells(data_a, {"algorithm": DG_METHODS}))
         )
     else:
-        lines.append(f"- (a): no completed runs of the cells of `{load.parse(sweep).describe()}`.")
+        lines.append(
+            f"- (a): no completed runs of the cells of `{selection.parse(sweep).describe()}`."
+        )
     worse = compared = 0
     if data_bc is not None:
         bc_cells = data_bc.select(match="prompts")

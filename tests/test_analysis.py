@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import artifacts, load, stats, tables
+from analysis import artifacts, load, selection, stats, tables
 from analysis.__main__ import main
 from analysis.load import AnalysisError
 from tpo_sweeps import identity
@@ -174,9 +174,9 @@ def test_loader_frames(smoke_db):
     s = load.summaries(engine, FIG4)
     assert len(s) == 5 * 2 * 2 and set(s["name"]) == {"final_error", "final_misalignment"}
     # the same artefact by preset and scale, and through the --scale spelling
-    assert load.parse("fig4_tabular_multi", "smoke") == FIG4
+    assert selection.parse("fig4_tabular_multi", "smoke") == FIG4
     pd.testing.assert_frame_equal(
-        load.summaries(engine, load.parse("fig4_tabular_multi", "smoke")), s
+        load.summaries(engine, selection.parse("fig4_tabular_multi", "smoke")), s
     )
     # paper scale: other cells (150 steps), none stored
     assert load.kept_seeds(engine, "fig3_tabular_single").empty
@@ -193,12 +193,12 @@ def test_selection_is_the_presets_cells(smoke_db):
     from tpo_sweeps import sweep as S
 
     cells = S.expand(["experiment=fig3_tabular_single", "scale=smoke"]).cells
-    assert [c["cell"] for c in load.selection(FIG3)] == [c.ident.cell for c in cells]
-    assert [c["labels"]["algorithm"] for c in load.selection(FIG3)] == METHODS[FIG3]
-    assert {c["labels"]["steps"] for c in load.selection(FIG3)} == {20}
+    assert [c["cell"] for c in selection.selection(FIG3)] == [c.ident.cell for c in cells]
+    assert [c["labels"]["algorithm"] for c in selection.selection(FIG3)] == METHODS[FIG3]
+    assert {c["labels"]["steps"] for c in selection.selection(FIG3)} == {20}
     # overrides restrict the selection as they restrict the multirun
-    only = load.Artefact("fig3_tabular_single", "smoke", ["algorithm=tpo,pg"])
-    assert only == FIG3 and [c["labels"]["algorithm"] for c in load.selection(only)] == [
+    only = selection.Artefact("fig3_tabular_single", "smoke", ["algorithm=tpo,pg"])
+    assert only == FIG3 and [c["labels"]["algorithm"] for c in selection.selection(only)] == [
         "tpo",
         "pg",
     ]

@@ -1,9 +1,9 @@
 """Token-reversal builders (``analysis.reversal``) on a synthetic results database.
 
 The fixture stores completed runs of the presets' own cells (their cell hashes and run keys
-from ``analysis.load.selection``, i.e. the cells ``python -m tpo_sweeps -m experiment=<id>``
-launches, written with ``tpo_sweeps.db.claim_runs`` + ``finish_runs`` as a job does) with
-known error curves instead of training a transformer: seed s of a cell has
+from ``analysis.selection.selection``, i.e. the cells ``python -m tpo_sweeps -m
+experiment=<id>`` launches, written with ``tpo_sweeps.db.claim_runs`` + ``finish_runs`` as a
+job does) with known error curves instead of training a transformer: seed s of a cell has
 ``error[s, t] = MULT[s] * (0.8 exp(-t / tau) + plateau)``. ``MULT`` averages to one, so the
 seed-mean curve is ``0.8 exp(-t / tau) + plateau`` and the steps to 1% and the final means
 and standard errors are known in closed form. Each (cell, seed) is stored once: artefacts
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import artifacts, load, reversal, tables
+from analysis import artifacts, load, reversal, selection, tables
 from analysis.__main__ import main
 from analysis.load import AnalysisError
 
@@ -61,10 +61,10 @@ def add_cells(
     matchings) is stored once. Returns the run ids."""
     from tpo_sweeps import db, identity
 
-    art = load.Artefact(preset, scale, overrides)
+    art = selection.Artefact(preset, scale, overrides)
     picked = [
         c
-        for c in load.selection(art)
+        for c in selection.selection(art)
         if all(reversal._same(c["labels"][k], v) for k, v in where.items())
     ]
     assert picked, (preset, where)
@@ -80,7 +80,7 @@ def add_cells(
         metrics = {"error": err, **(extra(T) if extra else {})}
         seeds = np.arange(err.shape[0])
         extras = {**cell["extras"], **(stored_extras or {})}
-        promoted = {k: v for k, v in labels.items() if k not in load.CONFIG_CELL}
+        promoted = {k: v for k, v in labels.items() if k not in selection.CONFIG_CELL}
         rows = [
             {
                 **promoted,
@@ -90,7 +90,10 @@ def add_cells(
                 "seed": int(s),
                 **extras,
                 "overrides": cell["overrides"],
-                "config": {"synthetic": True, "task": {k: labels[k] for k in load.CONFIG_CELL}},
+                "config": {
+                    "synthetic": True,
+                    "task": {k: labels[k] for k in selection.CONFIG_CELL},
+                },
                 "git_commit": "0123456789abcdef",
             }
             for s in seeds

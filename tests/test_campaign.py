@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 
-import pytest
 
 from tpo_sweeps import campaign, plan
 from tpo_sweeps import sweep as S
