@@ -139,6 +139,11 @@ def test_every_experiment_preset_composes(preset):
     cfg = C.to_config(dcfg)
     if preset.startswith("_"):
         assert not grid  # a shared base, not a sweep of its own
+    elif cfg.campaign:  # a campaign launches its member presets' grids, none of its own
+        assert not grid and cfg.name == preset
+        unknown = set(cfg.campaign) - set(_options("experiment"))
+        assert not unknown, f"{preset}: unknown member presets {sorted(unknown)}"
+        assert len(set(cfg.campaign)) == len(cfg.campaign), f"{preset} lists a member twice"
     else:
         assert grid, f"{preset} sweeps nothing"
         assert cfg.name == preset  # the sweep id is the preset's name
@@ -163,9 +168,9 @@ def test_fig3_and_fig4_presets_follow_the_protocol():
     fig4 = _typed(["experiment=fig4_tabular_multi", "algorithm=ce"])
     assert fig4.task.name == "tabular_multi"
     assert (fig4.task.steps, fig4.num_seeds, fig4.algorithm.epochs) == (1000, 100, 1)
-    smoke = _typed(["experiment=fig3_tabular_single_smoke"])
-    assert (smoke.name, smoke.num_seeds, smoke.task.steps) == ("fig3_tabular_single_smoke", 2, 20)
-    # the smoke preset keeps everything else of its parent
+    smoke = _typed(["experiment=fig3_tabular_single", "scale=smoke"])
+    assert (smoke.name, smoke.num_seeds, smoke.task.steps) == ("fig3_tabular_single", 2, 20)
+    # the smoke scale keeps everything else of the preset
     assert (smoke.task.num_actions, smoke.task.batch_size) == (100, 100)
     # a preset's values win over the root defaults, and the command line wins over the preset
     over = _typed(["experiment=fig3_tabular_single", "num_seeds=3", "task.steps=7"])

@@ -271,10 +271,17 @@ def test_mlp_init_follows_flax_defaults():
 # --------------------------------------------------------------------------------------------
 
 
+# the smoke scale's MNIST, shortened further by the fixture, on synthetic (unchecked) data:
+# part of the cells the analysis selects, as a run on unchecked files is no real-MNIST run
+SMOKE_40 = ("task.steps=40", "task.check_md5=false")
+
+
 @pytest.fixture(scope="module")
 def mnist_db(synthetic, tmp_path_factory, pytestconfig):
-    """The fig5 and fig5b smoke presets (a subset of methods, 40 steps) on synthetic data,
-    through ``python -m tpo_sweeps -m``, into one SQLite file."""
+    """The fig5b then the fig5 preset at smoke scale (a subset of methods, 40 steps) on
+    synthetic data, through ``python -m tpo_sweeps -m``, into one SQLite file. The two presets
+    share their cells (Fig 5b only adds the mechanism metrics, an extra), so the second
+    multirun finds every seed served by the first's runs and computes nothing."""
     from tpo_sweeps import db
 
     tmp = tmp_path_factory.mktemp("mnist_db")
@@ -288,29 +295,26 @@ def mnist_db(synthetic, tmp_path_factory, pytestconfig):
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
     common = [
+        "scale=smoke",
+        *SMOKE_40,
         f"task.data_dir={synthetic}",
-        "task.check_md5=false",
-        "task.steps=40",
         f"db.url={url}",
     ]
-    jobs = [
-        ["experiment=fig5_mnist_smoke", "algorithm=tpo,batch_std_pg,dg"],
-        ["experiment=fig5b_mnist_mechanism_smoke", "algorithm=tpo,dg,batch_std_pg"],
+    jobs = [  # one after the other: the second is served by the first
+        ["experiment=fig5b_mnist_mechanism", "algorithm=tpo,dg,batch_std_pg"],
+        ["experiment=fig5_mnist", "algorithm=tpo,batch_std_pg,dg"],
     ]
-    procs = [
-        subprocess.Popen(
+    for job in jobs:
+        p = subprocess.run(
             [sys.executable, "-m", "tpo_sweeps", "-m", *job, *common],
             cwd=tmp,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            timeout=300,
         )
-        for job in jobs
-    ]
-    for p in procs:
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, out[-3000:]
+        assert p.returncode == 0, p.stdout[-3000:]
     return url
 
 
@@ -320,43 +324,46 @@ def _rows(url: str, sql: str):
 
 
 def test_presets_write_every_evaluation_at_its_true_step(mnist_db):
-    runs = _rows(mnist_db, "SELECT sweep, algorithm, status, num_seeds FROM runs ORDER BY id")
+    runs = _rows(mnist_db, "SELECT sweep, algorithm, status, seed, mechanism FROM runs")
+    # one run per cell and seed, all computed by fig5b (with the mechanism extra) ...
     assert sorted(runs) == sorted(
-        [("fig5_mnist_smoke", a, "completed", 2) for a in ("tpo", "batch_std_pg", "dg")]
-        + [
-            ("fig5b_mnist_mechanism_smoke", a, "completed", 2)
-            for a in ("tpo", "dg", "batch_std_pg")
-        ]
+        ("fig5b_mnist_mechanism", a, "completed", s, 1)
+        for a in ("tpo", "dg", "batch_std_pg")
+        for s in (0, 1)
     )
+    # ... and asked for by both presets
+    linked = _rows(mnist_db, "SELECT sweep, COUNT(*) FROM sweep_runs GROUP BY sweep")
+    assert sorted(linked) == [("fig5_mnist", 6), ("fig5b_mnist_mechanism", 6)]
     steps = _rows(
         mnist_db,
         "SELECT DISTINCT m.step FROM metrics m JOIN runs r ON r.id = m.run_id "
         "WHERE m.name = 'test_error' ORDER BY m.step",
     )
     assert [s for (s,) in steps] == [20, 40]
-    names = {
-        n
-        for (n,) in _rows(
-            mnist_db,
-            "SELECT DISTINCT name FROM metrics m JOIN runs r "
-            "ON r.id = m.run_id WHERE r.sweep = 'fig5_mnist_smoke'",
-        )
-    }
-    assert names == {"test_error", "train_reward"}
+    names = {n for (n,) in _rows(mnist_db, "SELECT DISTINCT name FROM metrics")}
+    assert names == {"test_error", "train_reward", *M.MECHANISM_METRICS}
     n = _rows(
         mnist_db,
-        "SELECT COUNT(*) FROM metrics m JOIN runs r ON r.id = m.run_id "
-        "WHERE r.sweep = 'fig5b_mnist_mechanism_smoke' AND r.algorithm = 'tpo'",
+        "SELECT COUNT(*) FROM metrics m JOIN runs r ON r.id = m.run_id WHERE r.algorithm = 'tpo'",
     )
     assert n[0][0] == 2 * 2 * (2 + 16)  # seeds × evals × (error, reward, 4 kinds × 4 bins)
 
 
 def test_analysis_builders_on_the_smoke_database(mnist_db, tmp_path, monkeypatch):
     from analysis import artifacts, load
+    from analysis.__main__ import main
+
+    def build(preset, out):
+        # the artefact at the scale and with the override the fixture's multiruns had
+        builder, art = artifacts.resolve(preset, "smoke", SMOKE_40)
+        return builder(engine, out, art)
 
     monkeypatch.delenv("TPO_PAPER_X_AXIS", raising=False)
     engine = load.connect(mnist_db)
-    df = artifacts.build("fig5_mnist_smoke", engine, tmp_path)
+    # every cell of fig5 at smoke scale has 100 steps: nothing stored serves them
+    with pytest.raises(load.AnalysisError, match="no completed runs"):
+        artifacts.build("fig5_mnist_smoke", engine, tmp_path)
+    df = build("fig5_mnist", tmp_path)  # served by the fig5b runs (a superset of extras)
     assert set(df["artifact"]) == {"fig5a"}
     assert set(df["method"]) == {"tpo", "grpo", "dg"}  # batch_std_pg is the paper's GRPO
     assert set(df["metric"]) == {"final_test_error_pct", "steps_to_5pct_test_error"}
@@ -369,18 +376,22 @@ def test_analysis_builders_on_the_smoke_database(mnist_db, tmp_path, monkeypatch
     # steps to 5%: a true step (20 or 40) by default, one block earlier on the authors' axis
     steps = df[df["metric"] == "steps_to_5pct_test_error"].set_index("method")["value"]
     monkeypatch.setenv("TPO_PAPER_X_AXIS", "1")
-    shifted = artifacts.build("fig5_mnist_smoke", engine, tmp_path / "paper_x")
+    shifted = build("fig5_mnist", tmp_path / "paper_x")
     shifted = shifted[shifted["metric"] == "steps_to_5pct_test_error"].set_index("method")["value"]
     pd.testing.assert_series_equal(shifted, steps - 20, check_names=False)
     monkeypatch.delenv("TPO_PAPER_X_AXIS")
 
-    # Fig 1a reads the Fig 5 sweep when it has no runs of its own
-    df1 = artifacts.build("fig1a_mnist_smoke", engine, tmp_path)
+    # Fig 1a's cells are three of Fig 5's: the runs of any preset serve it (the command line)
+    args = ["fig1a_mnist", "--scale", "smoke", *SMOKE_40, "--db", mnist_db, "--out", str(tmp_path)]
+    assert main(args) == 0
+    df1 = pd.read_csv(tmp_path / "fig1a_mnist_smoke.csv")
     assert set(df1["method"]) == {"tpo", "grpo", "dg"} and set(df1["artifact"]) == {"fig1a"}
-    assert "read from sweep `fig5_mnist_smoke`" in (tmp_path / "fig1a_mnist_smoke.md").read_text()
+    md1 = (tmp_path / "fig1a_mnist_smoke.md").read_text()
+    assert "computed by sweeps: fig5b_mnist_mechanism (6)" in md1
+    assert "experiment=fig1a_mnist scale=smoke task.steps=40" in md1
 
-    df5b = artifacts.build("fig5b_mnist_mechanism_smoke", engine, tmp_path)
-    assert set(df5b["method"]) == {"tpo", "dg"}  # batch_std_pg has no closed form
+    df5b = build("fig5b_mnist_mechanism", tmp_path)
+    assert set(df5b["method"]) == {"tpo", "dg"}  # the preset's pg, group_pg: not run here
     top = df5b[df5b["metric"] == "surplus_gain_top_concentration_bin"]
     assert len(top) == 2
     assert {f"surplus_bin{k}" for k in range(4)} <= set(df5b["metric"])

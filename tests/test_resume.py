@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from tpo_sweeps import config as C
 from tpo_sweeps import db, tasks
+from tpo_sweeps import identity as I
 from tpo_sweeps.checkpoint import Checkpointer
 from tpo_sweeps.run import _config_dir, run_job
 
@@ -22,7 +23,8 @@ def _cfg(tmp_path, *overrides: str) -> C.Config:
         dcfg = compose(
             "config",
             overrides=[
-                "experiment=fig4_tabular_multi_smoke",
+                "experiment=fig4_tabular_multi",
+                "scale=smoke",
                 "algorithm=tpo",
                 "task.steps=60",
                 f"checkpoint.dir={tmp_path / 'ckpt'}",
@@ -34,15 +36,27 @@ def _cfg(tmp_path, *overrides: str) -> C.Config:
 
 
 def _metrics(url: str) -> list[tuple]:
+    """(seed, name, step, value) of every stored metric row."""
     engine = db.connect(url, create=False)
     try:
         with engine.connect() as conn:
-            m = db.Metric
+            m, r = db.Metric, db.Run
             return conn.execute(
-                select(m.seed, m.name, m.step, m.value).order_by(m.seed, m.name, m.step)
+                select(r.seed, m.name, m.step, m.value)
+                .join(r, r.id == m.run_id)
+                .order_by(r.seed, m.name, m.step)
             ).all()
     finally:
         engine.dispose()
+
+
+def _statuses(url: str, ident: I.Identity) -> dict[int, str]:
+    engine = db.connect(url, create=False)
+    try:
+        rows = db.runs_by_key(engine, [ident.run_key(s) for s in ident.seeds])
+    finally:
+        engine.dispose()
+    return {s: rows[ident.run_key(s)].status for s in ident.seeds if ident.run_key(s) in rows}
 
 
 def test_crashed_run_resumes_from_its_checkpoint(tmp_path):
@@ -50,19 +64,21 @@ def test_crashed_run_resumes_from_its_checkpoint(tmp_path):
     crashing = _cfg(tmp_path, f"db.url={url}", "checkpoint.every=10", "debug.crash_at=30")
     with pytest.raises(RuntimeError, match="crash injected at point 30"):
         run_job(crashing)
-    chash = db.config_hash(C.as_dict(crashing))
-    engine = db.connect(url)
-    assert db.find_run(engine, chash)[1] == db.FAILED
-    engine.dispose()
-    ckpt = Checkpointer(crashing.checkpoint.dir, chash)
+    ident = I.identify(crashing)
+    assert _statuses(url, ident) == {0: db.FAILED, 1: db.FAILED}
+    # one checkpoint per job: its cell, seeds and extras
+    key = ident.job_key([0, 1])
+    ckpt = Checkpointer(crashing.checkpoint.dir, key)
     program = tasks.build(crashing)
     saved = ckpt.load(program, np.arange(crashing.num_seeds))
     assert saved is not None and saved[0] == 30
+    assert ident.job_key([1]) != key and ident.job_key([1, 0]) == key
 
     again = _cfg(tmp_path, f"db.url={url}", "checkpoint.every=10")
-    assert db.config_hash(C.as_dict(again)) == chash  # debug/checkpoint keys are not semantic
+    assert I.identify(again).job_key([0, 1]) == key  # debug/checkpoint keys are not semantic
     out = run_job(again)
     assert out["status"] == "completed" and out["resumed_from"] == 30
+    assert _statuses(url, ident) == {0: db.COMPLETED, 1: db.COMPLETED}
     assert not ckpt.dir.exists()  # removed once the run completed (checkpoint.keep=false)
 
     fresh_url = f"sqlite:///{tmp_path / 'b.sqlite'}"

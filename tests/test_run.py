@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SMOKE3 = "experiment=fig3_tabular_single_smoke"  # 4 algorithms × 2 seeds × 20 steps
-SMOKE3_RUNS, SMOKE3_SEEDS, SMOKE3_STEPS, METRICS = 4, 2, 20, 2
+# 4 algorithms × 2 seeds × 20 steps: one job per algorithm, one run row per (cell, seed)
+SMOKE3 = ["experiment=fig3_tabular_single", "scale=smoke"]
+SWEEP3 = "fig3_tabular_single"
+SMOKE3_CELLS, SMOKE3_SEEDS, SMOKE3_STEPS, METRICS = 4, 2, 20, 2
+SMOKE3_RUNS = SMOKE3_CELLS * SMOKE3_SEEDS
 UNREACHABLE = "sqlite:////proc/nope/x.sqlite"
 GARBAGE = bytes(range(256)) * 64  # not an SQLite header
 
@@ -86,8 +89,8 @@ def launched(tmp_path_factory, env):
 
     specs = {
         # a sweep of two cells that both fail on purpose
-        "failed": ["-m", SMOKE3, "debug.fail=true", "algorithm=tpo,pg"],
-        "single": ["experiment=fig4_tabular_multi_smoke"],
+        "failed": ["-m", *SMOKE3, "debug.fail=true", "algorithm=tpo,pg"],
+        "single": ["experiment=fig4_tabular_multi", "scale=smoke"],
         "unknown_algorithm": ["algorithm=nope"],
         "other_key": ["algorithm=grpo", "algorithm.eta=2"],
         "appended_key": ["algorithm=grpo", "+algorithm.eta=2"],
@@ -120,9 +123,17 @@ def _query(path: Path, sql: str) -> list[tuple]:
         con.close()
 
 
-def _runs(path: Path) -> dict[str, tuple]:
-    rows = _query(path, "SELECT algorithm, id, status, error, sweep, num_seeds FROM runs")
-    return {r[0]: r[1:] for r in rows}
+def _runs(path: Path) -> dict[tuple[str, int], tuple]:
+    """(algorithm, seed) -> (id, status, error, sweep, job_seeds): one row per seed."""
+    rows = _query(path, "SELECT algorithm, seed, id, status, error, sweep, job_seeds FROM runs")
+    return {r[:2]: r[2:] for r in rows}
+
+
+def _sweeps_of(path: Path) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for sweep, run_id in _query(path, "SELECT sweep, run_id FROM sweep_runs"):
+        out.setdefault(run_id, set()).add(sweep)
+    return out
 
 
 def _metric_count(path: Path) -> int:
@@ -145,21 +156,27 @@ def _error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 
 def test_smoke_sweep_writes_all_cells_and_skips_them_on_rerun(tmp_path, env):
     dbfile = tmp_path / "res.sqlite"
-    first = tpo(tmp_path, env, "-m", SMOKE3, f"db.url={_url(dbfile)}")
+    first = tpo(tmp_path, env, "-m", *SMOKE3, f"db.url={_url(dbfile)}")
     assert first.returncode == 0, _explain(first)
     runs = _runs(dbfile)
-    assert set(runs) == {"tpo", "grpo", "dg", "pg"}
+    assert set(runs) == {(a, s) for a in ("tpo", "grpo", "dg", "pg") for s in range(SMOKE3_SEEDS)}
     assert all(r[1] == "completed" for r in runs.values()), runs
-    assert all(r[3] == "fig3_tabular_single_smoke" and r[4] == SMOKE3_SEEDS for r in runs.values())
+    # each job ran its cell's two seeds in one program
+    assert all(r[3] == SWEEP3 and r[4] == SMOKE3_SEEDS for r in runs.values()), runs
+    assert _sweeps_of(dbfile) == {r[0]: {SWEEP3} for r in runs.values()}
+    cells = _query(
+        dbfile, "SELECT algorithm, COUNT(DISTINCT cell_hash), COUNT(*) FROM runs GROUP BY algorithm"
+    )
+    assert sorted(cells) == [(a, 1, SMOKE3_SEEDS) for a in ("dg", "grpo", "pg", "tpo")]
     rows = _metric_count(dbfile)
-    assert rows == SMOKE3_RUNS * SMOKE3_SEEDS * SMOKE3_STEPS * METRICS
+    assert rows == SMOKE3_RUNS * SMOKE3_STEPS * METRICS
     per_run = _query(
         dbfile,
-        "SELECT run_id, name, COUNT(DISTINCT seed), COUNT(DISTINCT step), MIN(step), MAX(step) "
+        "SELECT run_id, name, COUNT(*), COUNT(DISTINCT step), MIN(step), MAX(step) "
         "FROM metrics GROUP BY run_id, name",
     )
     assert len(per_run) == SMOKE3_RUNS * METRICS
-    assert all(r[2:] == (SMOKE3_SEEDS, SMOKE3_STEPS, 0, SMOKE3_STEPS - 1) for r in per_run)
+    assert all(r[2:] == (SMOKE3_STEPS, SMOKE3_STEPS, 0, SMOKE3_STEPS - 1) for r in per_run)
     # error starts at 1 - 1/K (uniform policy over K = 100, recorded before the first step)
     # and every algorithm improves on it within 20 steps
     start = _query(
@@ -167,18 +184,27 @@ def test_smoke_sweep_writes_all_cells_and_skips_them_on_rerun(tmp_path, env):
     )
     assert start == [(0.99,)]
     finals = _query(
-        dbfile, "SELECT run_id, AVG(value) FROM summaries WHERE name='final_error' GROUP BY run_id"
+        dbfile,
+        "SELECT r.algorithm, AVG(s.value) FROM summaries s JOIN runs r ON r.id = s.run_id "
+        "WHERE s.name='final_error' GROUP BY r.algorithm",
     )
-    assert len(finals) == SMOKE3_RUNS and all(v < 0.99 for _, v in finals), finals
+    assert len(finals) == SMOKE3_CELLS and all(v < 0.99 for _, v in finals), finals
+    # the two seeds of a cell are two different runs
+    per_seed = _query(
+        dbfile,
+        "SELECT r.algorithm, COUNT(DISTINCT s.value) FROM summaries s JOIN runs r "
+        "ON r.id = s.run_id WHERE s.name='final_error' GROUP BY r.algorithm",
+    )
+    assert all(n == SMOKE3_SEEDS for _, n in per_seed), per_seed
     # Hydra's outputs went under the working directory
-    assert (tmp_path / "multirun" / "fig3_tabular_single_smoke").is_dir()
+    assert (tmp_path / "multirun" / SWEEP3).is_dir()
 
-    again = tpo(tmp_path, env, "-m", SMOKE3, f"db.url={_url(dbfile)}")
+    again = tpo(tmp_path, env, "-m", *SMOKE3, f"db.url={_url(dbfile)}")
     assert again.returncode == 0, _explain(again)
     assert _metric_count(dbfile) == rows
     assert _runs(dbfile) == runs
     log = again.stdout + again.stderr
-    assert log.count("skip") >= SMOKE3_RUNS, _explain(again)
+    assert log.count("skip") >= SMOKE3_CELLS, _explain(again)
 
 
 def test_failing_jobs_are_recorded_and_the_sweep_goes_on(launched):
@@ -187,9 +213,9 @@ def test_failing_jobs_are_recorded_and_the_sweep_goes_on(launched):
     assert proc.returncode != 0, _explain(proc)
     runs = _runs(dbfile)
     # both cells were attempted: the sweep went on after the first failure
-    assert set(runs) == {"tpo", "pg"}, runs
-    for algorithm, (_, status, error, _, _) in runs.items():
-        assert status == "failed", (algorithm, status)
+    assert set(runs) == {(a, s) for a in ("tpo", "pg") for s in range(SMOKE3_SEEDS)}, runs
+    for key, (_, status, error, _, _) in runs.items():
+        assert status == "failed", (key, status)
         assert error and "debug.fail" in error, error
     assert _metric_count(dbfile) == 0
     assert "debug.fail" in proc.stderr
@@ -199,19 +225,19 @@ def test_failed_cells_complete_on_a_later_run(launched, tmp_path, env):
     launched["failed"].result()
     dbfile = tmp_path / "res.sqlite"
     shutil.copy(launched["failed"].cwd / "res.sqlite", dbfile)
-    failed_ids = {a: r[0] for a, r in _runs(dbfile).items()}
-    assert set(failed_ids) == {"tpo", "pg"}
-    proc = tpo(tmp_path, env, "-m", SMOKE3, "algorithm=tpo,pg", f"db.url={_url(dbfile)}")
+    failed_ids = {k: r[0] for k, r in _runs(dbfile).items()}
+    assert {a for a, _ in failed_ids} == {"tpo", "pg"} and len(failed_ids) == 4
+    proc = tpo(tmp_path, env, "-m", *SMOKE3, "algorithm=tpo,pg", f"db.url={_url(dbfile)}")
     assert proc.returncode == 0, _explain(proc)
     runs = _runs(dbfile)
     # the same rows were completed: same ids, no new run rows, no duplicated metrics
-    assert {a: r[0] for a, r in runs.items()} == failed_ids, runs
+    assert {k: r[0] for k, r in runs.items()} == failed_ids, runs
     assert all(r[1] == "completed" and r[2] is None for r in runs.values()), runs
     assert _metric_count(dbfile) == 2 * SMOKE3_SEEDS * SMOKE3_STEPS * METRICS
     dupes = _query(
         dbfile,
-        "SELECT run_id, seed, name, step, COUNT(*) c FROM metrics "
-        "GROUP BY run_id, seed, name, step HAVING c > 1",
+        "SELECT run_id, name, step, COUNT(*) c FROM metrics GROUP BY run_id, name, step "
+        "HAVING c > 1",
     )
     assert dupes == []
 
@@ -222,15 +248,18 @@ def test_single_run_without_multirun(launched):
     dbfile = where / "res.sqlite"
     assert proc.returncode == 0, _explain(proc)
     runs = _runs(dbfile)
-    assert list(runs) == ["tpo"], runs
-    _, status, _, sweep, seeds = runs["tpo"]
-    assert (status, sweep, seeds) == ("completed", "fig4_tabular_multi_smoke", 2)
-    steps = _query(dbfile, "SELECT name, MIN(step), MAX(step), COUNT(*) FROM metrics GROUP BY name")
+    assert sorted(runs) == [("tpo", 0), ("tpo", 1)], runs
+    assert {r[1:] for r in runs.values()} == {("completed", None, "fig4_tabular_multi", 2)}
+    steps = _query(
+        dbfile,
+        "SELECT name, MIN(step), MAX(step), COUNT(*), COUNT(DISTINCT run_id) FROM metrics "
+        "GROUP BY name",
+    )
     # multi-context error is recorded after each step (1..T), misalignment at 0..T-1
-    assert sorted(steps) == [("error", 1, 50, 100), ("misalignment", 0, 49, 100)]
-    config = _query(dbfile, "SELECT task, K, epochs, optimizer FROM runs")[0]
-    assert config == ("tabular_multi", 10, 1, "normalized_step")
-    assert (where / "outputs" / "fig4_tabular_multi_smoke").is_dir()
+    assert sorted(steps) == [("error", 1, 50, 100, 2), ("misalignment", 0, 49, 100, 2)]
+    config = set(_query(dbfile, "SELECT task, K, epochs, optimizer FROM runs"))
+    assert config == {("tabular_multi", 10, 1, "normalized_step")}
+    assert (where / "outputs" / "fig4_tabular_multi").is_dir()
     assert not (where / "multirun").exists()
 
 

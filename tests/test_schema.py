@@ -1,18 +1,19 @@
-"""Schema versions: an older database migrates through ``db.MIGRATIONS`` (once, under a lock),
-or fails with a one-line message that says what to do; a newer one is refused."""
+"""Schema versions: an older database migrates through the Alembic revisions (once, under a
+lock), or fails with a one-line message that says what to do; a newer one is refused. (What
+the v1 -> v2 migration does to the rows: tests/test_migrations.py.)"""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect
 
 from tpo_sweeps import db
 
-
-def _v1_to_v2(conn):
-    conn.execute(text("ALTER TABLE runs ADD COLUMN note VARCHAR(32)"))
+V1_DATABASE = Path(__file__).parent / "data" / "v1_main.sqlite"
 
 
 def _set_version(path, version: int) -> None:
@@ -22,17 +23,15 @@ def _set_version(path, version: int) -> None:
     conn.close()
 
 
-def test_an_older_schema_migrates_once(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
-    db.connect(url).dispose()  # a v1 database
-    monkeypatch.setattr(db, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(db, "MIGRATIONS", {1: _v1_to_v2})
-
+def test_an_older_schema_migrates_once(tmp_path):
+    path = tmp_path / "r.sqlite"
+    shutil.copy(V1_DATABASE, path)  # a v1 database written by the code before schema v2
+    url = f"sqlite:///{path}"
     with pytest.raises(db.DatabaseUnavailable, match="python -m tpo_sweeps migrate"):
         db.connect(url, migrate=False)  # what a job inside a multirun does
     engine = db.connect(url)  # what the multirun's start does
-    assert db.schema_version(engine)[0] == 2
-    assert "note" in {c["name"] for c in inspect(engine).get_columns("runs")}
+    assert db.schema_version(engine)[0] == db.SCHEMA_VERSION == 2
+    assert "run_key" in {c["name"] for c in inspect(engine).get_columns("runs")}
     engine.dispose()
     db.connect(url, migrate=False).dispose()  # now the jobs' check passes
 

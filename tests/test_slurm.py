@@ -61,7 +61,12 @@ def _runs(url: str) -> list:
         with engine.connect() as conn:
             return conn.execute(
                 select(
-                    db.Run.id, db.Run.algorithm, db.Run.status, db.Run.error, db.Run.slurm_job_id
+                    db.Run.id,
+                    db.Run.algorithm,
+                    db.Run.seed,
+                    db.Run.status,
+                    db.Run.error,
+                    db.Run.slurm_job_id,
                 ).order_by(db.Run.id)
             ).all()
     finally:
@@ -80,17 +85,25 @@ def _count(url: str, table) -> int:
 def test_sweep_on_slurm_stores_every_cell_and_the_failure(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the relaunched multirun writes its sweep dir here
     url = f"sqlite:///{tmp_path / 'results.sqlite'}"
-    sweep = ["experiment=fig3_tabular_single_smoke", "algorithm=tpo,grpo,pg", f"db.url={url}"]
+    sweep = [
+        "experiment=fig3_tabular_single",
+        "scale=smoke",
+        "algorithm=tpo,grpo,pg",
+        f"db.url={url}",
+    ]
     proc = _multirun(tmp_path, *sweep, "debug.fail_algorithms=[pg]", "db.heartbeat_s=1")
     assert proc.wait(timeout=300) != 0  # Hydra reports the failed job
-    runs = {r.algorithm: r for r in _runs(url)}
-    assert {a: r.status for a, r in runs.items()} == {
-        "tpo": "completed",
-        "grpo": "completed",
-        "pg": "failed",
+    runs = {(r.algorithm, r.seed): r for r in _runs(url)}  # one run per (cell, seed)
+    assert {k: r.status for k, r in runs.items()} == {
+        (a, s): "failed" if a == "pg" else "completed"
+        for a in ("tpo", "grpo", "pg")
+        for s in (0, 1)
     }
-    assert "failure injected on purpose" in runs["pg"].error
+    assert all("failure injected on purpose" in runs["pg", s].error for s in (0, 1))
     assert all(r.slurm_job_id for r in runs.values())  # each ran as a SLURM job
+    # a job's seeds ran in one SLURM job; the three cells in three
+    assert all(runs[a, 0].slurm_job_id == runs[a, 1].slurm_job_id for a in ("tpo", "grpo", "pg"))
+    assert len({r.slurm_job_id for r in runs.values()}) == 3
 
     # relaunch only the failed cell, on SLURM again, without the injected failure
     assert status.main([*sweep, *SLURM, "--relaunch", "--run"]) == 0
@@ -98,8 +111,8 @@ def test_sweep_on_slurm_stores_every_cell_and_the_failure(tmp_path, capsys, monk
     assert "algorithm=pg" in command and "algorithm=tpo" not in command
     assert "hardware=slurm_gpu" in command
     after = _runs(url)
-    assert [r.status for r in after] == ["completed"] * 3
-    assert {r.algorithm: r.id for r in after} == {a: r.id for a, r in runs.items()}
+    assert [r.status for r in after] == ["completed"] * 6
+    assert {(r.algorithm, r.seed): r.id for r in after} == {k: r.id for k, r in runs.items()}
     assert _count(url, db.Metric) == 3 * 80  # 2 seeds x 20 steps x 2 metrics per cell, once
 
 
@@ -135,18 +148,21 @@ def test_requeued_job_resumes_from_its_checkpoint_and_completes_once(tmp_path, h
             assert proc.poll() is None, (tmp_path / "launcher.log").read_text()
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.2)
-        (run,) = _runs(url)
-        assert run.status == db.RUNNING
+        runs = _runs(url)
+        assert sorted(r.seed for r in runs) == list(range(SEEDS))  # one run per seed
+        assert {r.status for r in runs} == {db.RUNNING}
+        (job,) = {r.slurm_job_id for r in runs}  # the seeds share one program, one SLURM job
         if how == "scontrol_requeue":  # SIGTERM now, SIGKILL after KillWait, then requeue
-            subprocess.run(["scontrol", "requeue", run.slurm_job_id], check=True, timeout=60)
+            subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
         else:  # what submitit does for a preemption test: SIGTERM, then SIGUSR2
             for sig in ("SIGTERM", "USR2"):
-                subprocess.run(["scancel", "--signal", sig, run.slurm_job_id], check=True)
+                subprocess.run(["scancel", "--signal", sig, job], check=True)
         seen = []
         while proc.poll() is None:
-            (row,) = _runs(url)
-            if not seen or seen[-1] != row.status:
-                seen.append(row.status)
+            # the job's runs change status together (one UPDATE, one write transaction)
+            (status,) = {r.status for r in _runs(url)}
+            if not seen or seen[-1] != status:
+                seen.append(status)
             assert time.monotonic() - t0 < 480, seen
             time.sleep(0.25)
     finally:
@@ -165,8 +181,9 @@ def test_requeued_job_resumes_from_its_checkpoint_and_completes_once(tmp_path, h
     assert len(resumed) == 1 and resumed[0] >= EVERY, job_logs[-3000:]
     # ... and completed exactly once, into one row, with every metric row once
     assert job_logs.count("metric rows ->") == 1
-    (final,) = _runs(url)
-    assert final.id == run.id and final.status == db.COMPLETED
+    final = _runs(url)
+    assert [r.id for r in final] == [r.id for r in runs]
+    assert {r.status for r in final} == {db.COMPLETED}
     points = len(range(0, steps, LOG_EVERY)) + (1 if (steps - 1) % LOG_EVERY else 0)
     assert _count(url, db.Metric) == SEEDS * 2 * points
     assert not list(ckpt.glob("*/state.npz"))  # removed once completed

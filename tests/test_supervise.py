@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from tpo_sweeps import db
@@ -74,37 +75,66 @@ def test_outside_submitit_nothing_is_touched():
 
 
 def test_heartbeat_refreshes_and_reports_status(tmp_path):
-    engine = db.connect(f"sqlite:///{tmp_path / 'r.sqlite'}")
-    run_id = db.start_run(
-        engine,
-        {
-            "config_hash": "h",
-            "sweep": "s",
-            "algorithm": "tpo",
-            "task": "t",
-            "optimizer": "o",
-            "seed": 0,
-            "num_seeds": 1,
-            "steps": 1,
-            "epochs": 1,
-            "overrides": [],
-            "config": {},
-        },
+    from tpo_sweeps import config as C
+    from tpo_sweeps import identity as I
+    from tpo_sweeps.store import RunStore
+    from tpo_sweeps.train import Result
+
+    cfg = C.Config(
+        algorithm=C.TPOConfig(name="tpo"),
+        task=C.TabularSingleConfig(steps=1),
+        optimizer=C.NormalizedStepConfig(),
+        num_seeds=2,
     )
+    ident = I.identify(cfg)
+    store = RunStore(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    assert store.start(ident, [0, 1], [], {}) == [0, 1]
+    keys = [ident.run_key(s) for s in (0, 1)]
+    calls = []
 
-    def row():
-        return db.runs_by_hash(engine, ["h"])["h"]
+    def beat(status):  # what run_job hands the thread: the store's heartbeat of its runs
+        calls.append(status)
+        store.heartbeat(status)
 
-    first = row().heartbeat_at
-    with Heartbeat(engine, run_id, every_s=0.1) as beat:
+    def rows():
+        return list(db.runs_by_key(store.engine, keys).values())
+
+    first = max(r.heartbeat_at for r in rows())
+    with Heartbeat(beat, every_s=0.1) as hb:
         time.sleep(0.5)
-        assert row().heartbeat_at > first
-        beat.status = db.PREEMPTED
-        beat.poke()
+        assert min(r.heartbeat_at for r in rows()) > first  # both seeds' runs
+        assert calls and set(calls) == {None}
+        hb.status = db.PREEMPTED
+        hb.poke()
         time.sleep(0.3)
-        assert row().status == db.PREEMPTED
-    db.finish_run(engine, run_id, [0], {}, {}, {})
-    after = row().heartbeat_at
+        assert {r.status for r in rows()} == {db.PREEMPTED}
+    n = len(calls)
+    store.finish(Result(np.arange(2), {}, {}, {}))
+    after = max(r.heartbeat_at for r in rows())
     time.sleep(0.3)
-    assert row().heartbeat_at == after and row().status == db.COMPLETED  # the thread stopped
-    engine.dispose()
+    assert len(calls) == n  # the thread stopped with the block
+    assert max(r.heartbeat_at for r in rows()) == after
+    assert {r.status for r in rows()} == {db.COMPLETED}
+    store.close()
+
+
+def test_a_failing_beat_does_not_stop_the_heartbeat(caplog):
+    calls = []
+
+    def beat(status):
+        calls.append(status)
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+
+    with caplog.at_level("WARNING", logger="tpo_sweeps"), Heartbeat(beat, every_s=0.05):
+        time.sleep(0.4)
+    assert len(calls) >= 3
+    assert "heartbeat failed: database is locked" in caplog.text
+
+
+def test_heartbeat_off_starts_no_thread():
+    calls = []
+    with Heartbeat(calls.append, every_s=0) as hb:
+        hb.poke()
+        time.sleep(0.2)
+    assert calls == [] and not hb._thread.is_alive()

@@ -143,7 +143,8 @@ def launch(sweeper, arguments: list[str]) -> list:
     config = sweeper.config
     t0 = time.perf_counter()
     # the preset's grid (hydra.sweeper.params) is read back by expand from the config itself
-    sweep = S.expand([*arguments, *config.hydra.overrides.hydra])
+    hydra_args = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)
+    sweep = S.expand([*arguments, *hydra_args])
     jobs = unique_jobs(sweep.cells)
     log.info(
         "sweep %s: %d requested cells -> %d distinct jobs (%.1fs to expand)",

@@ -9,10 +9,13 @@ The rule (each line has a test in ``tests/test_identity.py`` that fails if two c
 compute differently collide, or two that compute the same do not):
 
 1. **Not part of it** — where and how a run executes or is reported: ``name`` (the sweep),
-   ``seed``/``num_seeds`` (the seed is the second half of the identity; how seeds are grouped
-   into jobs changes nothing: seed ``s`` always uses ``PRNGKey(s)``), ``hardware``, ``db``,
-   ``debug``, ``checkpoint``, ``progress``, ``skip_completed``, ``campaign``, and the data's
-   location (``task.data_dir``, ``task.check_md5``).
+   ``seed``/``num_seeds`` (the seed is the second half of the identity; seed ``s`` always
+   uses ``PRNGKey(s)``), ``hardware``, ``db``, ``debug``, ``checkpoint``, ``progress``,
+   ``skip_completed``, ``campaign``, and the data's location (``task.data_dir``; not
+   ``task.check_md5``: a run on unchecked files must not serve a request for real MNIST).
+   Grouping seeds and other ``hardware`` settings change numbers only at float rounding:
+   with ``hardware.seed_batch=1`` a seed's numbers are bit for bit the same whichever seeds
+   share its program; under one vmap over the seeds (the default) they agree to ~1e-5.
 2. **Canonical algorithm names** — an algorithm option that is a registry alias of another
    (``tpo_1ep`` is TPO with ``epochs: 1``, ``dg_4ep`` DG with 4, ``reinforce`` PG with 4,
    ``tpo_token``/``grpo_masked``/... differ from their parent only in fields) is stored
@@ -61,7 +64,7 @@ NOT_IDENTITY = (
     "skip_completed",
     "campaign",
 )
-LOCATION = ("task.data_dir", "task.check_md5")
+LOCATION = ("task.data_dir",)
 # rule 5: extras, with how a stored value satisfies a requested one
 EXTRAS = {
     "diagnostics": "task.diagnostics",

@@ -120,6 +120,7 @@ class RunStore:
                 self.reader = None
         self.job_id = uuid.uuid4().hex
         self.run_ids: dict[int, int] = {}  # seed -> run id claimed by this job
+        self._claim: dict[str, Any] = {}  # the job's own row fields, restated by finish
 
     @classmethod
     def for_job(cls, cfg: C.Config, job_dir: Path, in_multirun: bool) -> RunStore:
@@ -169,6 +170,10 @@ class RunStore:
             for s in seeds
         ]
         self.run_ids = db.claim_runs(self.engine, rows, ident.config.name, rerun_completed)
+        # another job may claim the same rows before this one finishes (a relaunch racing a
+        # live job): whichever writes the results restates its own labels and provenance
+        skip = ("run_key", "cell_hash", "seed")
+        self._claim = {k: v for k, v in rows[0].items() if k not in skip} if rows else {}
         return sorted(self.run_ids)
 
     def heartbeat(self, status: str | None = None) -> None:
@@ -184,6 +189,7 @@ class RunStore:
             result.summary,
             np.asarray(result.seeds),
             extra={
+                **self._claim,
                 "compile_s": result.compile_s,
                 "run_s": result.run_s,
                 "job_seeds": len(result.seeds),
