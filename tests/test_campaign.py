@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 
-
 from tpo_sweeps import campaign, plan
 from tpo_sweeps import sweep as S
 

@@ -361,6 +361,4 @@ def test_seed_batches_equal_one_vmap():
     for batch, streams in [(2, 1), (1, 2), (2, 2)]:
         grouped = train.run(program, np.arange(5), seed_batch=batch, seed_streams=streams)
         for name in together.metrics:
-            np.testing.assert_allclose(
-                grouped.metrics[name], together.metrics[name], atol=1e-6
-            )
+            np.testing.assert_allclose(grouped.metrics[name], together.metrics[name], atol=1e-6)
