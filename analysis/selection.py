@@ -57,9 +57,9 @@ def config_value(config, dotted: str, default=None):
 @functools.cache
 def config_dir() -> Path:
     """``conf/``, as the entry point finds it."""
-    from tpo_sweeps.run import _config_dir
+    from tpo_sweeps import run
 
-    return Path(_config_dir())
+    return Path(run.config_dir())
 
 
 @functools.cache

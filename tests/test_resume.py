@@ -14,12 +14,12 @@ from tpo_sweeps import config as C
 from tpo_sweeps import db, tasks
 from tpo_sweeps import identity as I
 from tpo_sweeps.checkpoint import Checkpointer
-from tpo_sweeps.run import _config_dir, run_job
+from tpo_sweeps.run import config_dir, run_job
 
 
 def _cfg(tmp_path, *overrides: str) -> C.Config:
     C.register_configs()
-    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         dcfg = compose(
             "config",
             overrides=[

@@ -10,19 +10,19 @@ from hydra.errors import HydraException
 
 from tpo_sweeps import config as C
 from tpo_sweeps import sweep as S
-from tpo_sweeps.run import _config_dir
+from tpo_sweeps.run import config_dir
 
 PRESETS = sorted(
     p.stem
-    for p in (Path(_config_dir()) / "experiment").glob("*.yaml")
+    for p in (Path(config_dir()) / "experiment").glob("*.yaml")
     if not p.stem.startswith("_")
 )
-SCALES = sorted(p.stem for p in (Path(_config_dir()) / "scale").glob("*.yaml"))
+SCALES = sorted(p.stem for p in (Path(config_dir()) / "scale").glob("*.yaml"))
 
 
 def _typed(*overrides: str) -> C.Config:
     C.register_configs()
-    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return C.to_config(compose("config", overrides=list(overrides)))
 
 

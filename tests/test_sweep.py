@@ -224,12 +224,12 @@ def test_hardware_options_compose_and_site_keys_reach_sbatch(hardware):
     from hydra import compose, initialize_config_dir
 
     from tpo_sweeps import config as C
-    from tpo_sweeps.run import _config_dir
+    from tpo_sweeps.run import config_dir
 
     C.register_configs()
     site = ["hardware.partition=gpu", "hardware.account=proj"]
     overrides = [*SMOKE3, f"hardware={hardware}", *site]
-    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         launcher = compose("config", overrides=overrides, return_hydra_config=True).hydra.launcher
         assert C.to_config(compose("config", overrides=overrides)).hardware.name == hardware
     if hardware == "slurm_gpu":  # only the SLURM launcher has (and gets) the site keys

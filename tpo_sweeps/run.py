@@ -34,7 +34,7 @@ log = logging.getLogger("tpo_sweeps")
 C.register_configs()
 
 
-def _config_dir() -> str:
+def config_dir() -> str:
     here = Path(__file__).resolve().parent
     for candidate in (here.parent / "conf", here / "conf"):
         if (candidate / "config.yaml").exists():
@@ -226,7 +226,7 @@ def _pause_in_write(seconds: float) -> None:
     time.sleep(seconds)
 
 
-@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="config")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_main(dcfg: DictConfig) -> dict:
     try:
         cfg = C.to_config(dcfg)
