@@ -145,3 +145,35 @@ def test_campaign_runs_the_union_once_and_resumes(tmp_path):
     after = _runs(path)
     assert after[: len(first)] == first and len(after) == 2 * 2 * 3
     assert out.count("1 seed(s), compile") == 4  # each job computed only the new seed
+
+
+def test_plan_estimates_from_stored_runs_of_the_same_cell_then_shape_then_reference(
+    tmp_path, capsys
+):
+    url = f"sqlite:///{tmp_path}/m.sqlite"
+    _multirun(
+        tmp_path, "experiment=fig3_tabular_single", "algorithm=tpo", "scale=smoke", f"db.url={url}"
+    )
+    capsys.readouterr()
+
+    def source(*args: str) -> str:
+        assert (
+            plan.main(
+                [
+                    "experiment=fig3_tabular_single",
+                    "scale=smoke",
+                    "num_seeds=3",
+                    f"db.url={url}",
+                    *args,
+                ]
+            )
+            == 0
+        )
+        out = capsys.readouterr().out
+        (line,) = [x for x in out.splitlines() if x.startswith("deduplicated")]
+        return line
+
+    assert "this cell, measured" in source("algorithm=tpo")  # seed 2 of a stored cell
+    assert "same shape, measured" in source("algorithm=pg")  # a bandit cell never run
+    # stored runs of another device say nothing about this one
+    assert source("algorithm=pg", "--device", "gpu:elsewhere").endswith("ref")

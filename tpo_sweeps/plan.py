@@ -34,7 +34,8 @@ class Costs:
     """Seconds per seed-episode and per compile, learned from stored runs on one device."""
 
     per_cell: dict[str, float] = field(default_factory=dict)  # cell hash -> s/seed-episode
-    per_unit: dict[str, float] = field(default_factory=dict)  # shape class -> s/work unit
+    # shape class -> [(work units per seed-episode, s per work unit)] of the stored runs
+    per_unit: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     compile_s: dict[str, float] = field(default_factory=dict)  # shape class -> s per job
 
     def estimate(self, cell: S.Cell) -> tuple[float, float, str]:
@@ -45,8 +46,11 @@ class Costs:
         if cell.ident.cell in self.per_cell:
             return self.per_cell[cell.ident.cell], compile_s, MEASURED_CELL
         units = cost.work_units(cell.ident.resolved)
-        if shape in self.per_unit:
-            return self.per_unit[shape] * units, compile_s, MEASURED_SHAPE
+        # only runs of a similar size: a small run's time is mostly fixed overhead, which
+        # scaled up by work would overstate a large one (and the reverse)
+        similar = [c for u, c in self.per_unit.get(shape, ()) if units / 4 <= u <= units * 4]
+        if similar:
+            return statistics.median(similar) * units, compile_s, MEASURED_SHAPE
         return ref_unit * units, compile_s, REFERENCE
 
 
@@ -78,11 +82,12 @@ def learn_costs(engine, cells: list[S.Cell], device: str | None) -> Costs:
             per_episode = row.run_s / (row.job_seeds * steps)
             if row.cell_hash in by_hash:
                 per_cell[row.cell_hash].append(per_episode)
-            per_unit[shape].append(per_episode / cost.work_units(resolved))
+            units = cost.work_units(resolved)
+            per_unit[shape].append((units, per_episode / units))
             if row.compile_s is not None:
                 compile_s[shape].append(row.compile_s)
     med = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
-    return Costs(med(per_cell), med(per_unit), med(compile_s))
+    return Costs(med(per_cell), dict(per_unit), med(compile_s))
 
 
 @dataclass
