@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
+from services.require import postgres_url, service_or_skip
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +53,25 @@ def smoke_db(tmp_path_factory, pytestconfig) -> str:
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out[-3000:]
     return url
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database on the test server (skipped, or required by
+    TPO_REQUIRE_SERVICES=1, when none runs), dropped afterwards."""
+    base = postgres_url()
+    service_or_skip(
+        "PostgreSQL", base is not None, "start one with tests/services/postgres.sh start"
+    )
+    name = f"tpo_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:
+        admin.dispose()
+        service_or_skip("PostgreSQL", False, f"{base} is not usable: {e}")
+    yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -22,12 +22,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from services.require import postgres_url, service_or_skip
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from tpo_sweeps import db, status
@@ -35,26 +33,6 @@ from tpo_sweeps import db, status
 ROOT = Path(__file__).resolve().parent.parent
 WRITER = Path(__file__).resolve().parent / "concurrent_writer.py"
 WRITERS, CELLS, STEPS, SEEDS = 32, 10, 100, 2
-
-
-@pytest.fixture
-def pg_url():
-    base = postgres_url()
-    service_or_skip(
-        "PostgreSQL", base is not None, "start one with tests/services/postgres.sh start"
-    )
-    name = f"tpo_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:
-        admin.dispose()
-        service_or_skip("PostgreSQL", False, f"{base} is not usable: {e}")
-    yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -21,13 +21,11 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from services.require import postgres_url, service_or_skip
 from sqlalchemy import (
     Column,
     Index,
@@ -60,26 +58,6 @@ FIG3_SMOKE = {
     "task.steps": "20",
     "num_seeds": "2",
 }
-
-
-@pytest.fixture
-def pg_url():
-    base = postgres_url()
-    service_or_skip(
-        "PostgreSQL", base is not None, "start one with tests/services/postgres.sh start"
-    )
-    name = f"tpo_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:
-        admin.dispose()
-        service_or_skip("PostgreSQL", False, f"{base} is not usable: {e}")
-    yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

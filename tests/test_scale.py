@@ -13,9 +13,7 @@ from tpo_sweeps import sweep as S
 from tpo_sweeps.run import config_dir
 
 PRESETS = sorted(
-    p.stem
-    for p in (Path(config_dir()) / "experiment").glob("*.yaml")
-    if not p.stem.startswith("_")
+    p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml") if not p.stem.startswith("_")
 )
 SCALES = sorted(p.stem for p in (Path(config_dir()) / "scale").glob("*.yaml"))
 
