@@ -137,7 +137,7 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
             result.compile_s,
             result.run_s,
             rows,
-            store.url,
+            db.display_url(store.url),
             f" (resumed at point {resumed_from})" if resumed_from else "",
         )
         return {

@@ -89,12 +89,13 @@ def stored_seeds(bind, ident: I.Identity, seeds: list[int] | None = None) -> dic
         if row.seed not in wanted or not I.satisfies(db.extras_of(row), ident.extras):
             continue
         have = best.get(row.seed)
-        if have is None or _recency(row) > _recency(have):
+        if have is None or recency(row) > recency(have):
             best[row.seed] = row
     return {s: r.id for s, r in best.items()}
 
 
-def _recency(row) -> tuple:
+def recency(row) -> tuple:
+    """Order of preference among runs serving the same seed: the most recently finished."""
     return (row.finished_at or dt.datetime.min, row.id)
 
 

@@ -28,7 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from tpo_sweeps import config as C
 from tpo_sweeps import db
 from tpo_sweeps import identity as I
-from tpo_sweeps.store import run_row
+from tpo_sweeps.store import recency, run_row
 
 MISSING, DEAD = "missing", "dead"
 # what `status --relaunch` runs again: never started, failed, or whose job is gone
@@ -216,9 +216,9 @@ def refresh(sweep: Sweep, engines: list, stale_after_s: float | None = None) -> 
     """Fill each cell's per-seed status from the databases: a seed is completed when any
     database holds a completed run serving it (``identity.satisfies``); otherwise it takes
     the status of the run with its own run key, else of one that would serve it (later
-    engines win), and a live status whose
-    heartbeat is older than ``stale_after_s`` (default: 3 heartbeats + 60 s) becomes
-    ``dead``. A cell's status sums its seeds' (``cell_status``)."""
+    engines win), and a live status whose heartbeat is older than ``stale_after_s``
+    (default: 3 heartbeats + 60 s) becomes ``dead``. A cell's status sums its seeds'
+    (``cell_status``)."""
     stale = stale_after_s if stale_after_s is not None else 3 * sweep.heartbeat_s + 60.0
     cells = sorted({c.ident.cell for c in sweep.cells})
     rows: list[Any] = []
@@ -243,7 +243,7 @@ def refresh(sweep: Sweep, engines: list, stale_after_s: float | None = None) -> 
             # its own row, else one a job with more extras will fill (campaign.unique_jobs)
             own = [r for r in serving if r.run_key == key] or serving
             if done:
-                row, status = done[-1], db.COMPLETED
+                row, status = max(done, key=recency), db.COMPLETED
             elif own:
                 row, status = own[-1], own[-1].status
                 if status in db.LIVE and row.heartbeat_at is not None:
