@@ -1,6 +1,7 @@
 # Two entry points on a fresh machine (python3 + pip only):
 #   make reproduce   install, run the bandit sweeps (paper Figs 3-4) into results/tpo.sqlite,
-#                    rebuild every figure and table into figures/
+#                    rebuild every figure and table into figures/ and the verdict report
+#                    into report/report.html
 #   make test        install with dev tools, run the test suite (what CI runs); as root on
 #                    Debian it first starts a local SLURM cluster and a PostgreSQL server
 #                    (make services) so that the SLURM and PostgreSQL tests run too
@@ -9,6 +10,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DB     ?= sqlite:///results/tpo.sqlite
 OUT    ?= figures
+REPORT_OUT ?= report
 PYTEST_ARGS ?= -m "not slow"
 # services: auto = start SLURM + PostgreSQL for the tests when root on Debian (then their tests
 # must run: TPO_REQUIRE_SERVICES=1); 0 = never (those tests skip)
@@ -17,7 +19,7 @@ ifeq ($(SERVICES),auto)
 SERVICES := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo 1 || echo 0)
 endif
 
-.PHONY: install install-dev reproduce test test-all lint clean services services-stop
+.PHONY: install install-dev reproduce report reproduction test test-all lint clean services services-stop
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +33,20 @@ reproduce: $(VENV)/.installed
 	$(PY) -m tpo_sweeps -m experiment=fig3_tabular_single db.url=$(DB)
 	$(PY) -m tpo_sweeps -m experiment=fig4_tabular_multi db.url=$(DB)
 	$(PY) -m analysis all --db $(DB) --out $(OUT)
+	$(PY) -m analysis report --db $(DB) --out $(REPORT_OUT)
+
+# the one-page reproduction report of everything in $(DB): $(REPORT_OUT)/report.html (+ .md, verdicts.csv)
+report: $(VENV)/.installed
+	$(PY) -m analysis report --db $(DB) --out $(REPORT_OUT)
+
+# the published reproduction record: docs/reproduction/ rebuilt from exactly the committed run
+# bundles in results/bundles/ (imported into a fresh results/reproduction.sqlite)
+reproduction: $(VENV)/.installed
+	$(PY) -m analysis.reproduction
 
 services:
 ifeq ($(SERVICES),1)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	slurm/cluster.sh start
 	tests/services/postgres.sh start
 else

@@ -7,6 +7,9 @@
         also accepted as the id)
     python -m analysis all  [--scale S] [--db URL] [--out DIR]
         every artefact and scale the database holds runs for (plus appendix_b)
+    python -m analysis report [--db URL] [--out DIR] [--scale S] [--label TEXT]
+        every artefact, the paper's numbers beside ours with a verdict, the paper's claims
+        checked: DIR/report.html (self-contained), report.md, verdicts.csv, claims.csv
     python -m analysis list [--db URL]
         sweeps with completed/failed/running counts (a run counts for every sweep that
         asked for it)
@@ -70,6 +73,11 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:  # one page with every artefact and its verdicts
+        from analysis import report
+
+        return report.main(argv[1:])
     # intermixed: overrides may follow --scale (fig1b_terminal --scale smoke task.steps=4)
     args = _parser().parse_intermixed_args(argv)
     _setup_logging(args.verbose)

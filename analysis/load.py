@@ -15,7 +15,7 @@ Selection rule (``kept_seeds``): per requested cell and seed, the most recently 
 completed run wins (ties: the higher run id), e.g. a run with more diagnostics stored after
 a plain one; a warning says how many results were dropped.
 
-Tables read (schema version 2, see ``tpo_sweeps/db.py``): ``runs`` (one row per cell, seed
+Tables read (schema versions 2 and 3, see ``tpo_sweeps/db.py``): ``runs`` (one row per cell, seed
 and extras: ``run_key, cell_hash, seed, diagnostics, mechanism, log_every``, the promoted
 columns, the resolved ``config``, status, times, provenance), ``sweep_runs(sweep, run_id)``,
 ``metrics(run_id, name, step, value)``, ``summaries(run_id, name, value)``,
@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -40,7 +41,8 @@ from analysis.errors import AnalysisError, first_line
 
 log = logging.getLogger("analysis")
 
-SUPPORTED_SCHEMA_VERSIONS = (2,)
+# v3 only adds runs.diverged_step and the status 'diverged': the analysis reads completed runs
+SUPPORTED_SCHEMA_VERSIONS = (2, 3)
 
 # A cell's labels: what the requested config says (not the resolved one), per tidy row.
 CELL = [
@@ -92,8 +94,15 @@ _CHUNK = 500  # ids per IN (...) list: under every backend's bound-parameter lim
 # --------------------------------------------------------------------------------------------
 
 
+# engine -> the name ``connect(url, label=...)`` gave it, shown instead of its URL
+_labels: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
 def display_url(engine_or_url: Engine | str) -> str:
-    """The URL with any password masked, for messages."""
+    """The URL with any password masked, for messages and provenance lines; for an engine
+    opened with ``connect(url, label)``, the label."""
+    if isinstance(engine_or_url, Engine) and engine_or_url in _labels:
+        return _labels[engine_or_url]
     url = engine_or_url.url if isinstance(engine_or_url, Engine) else engine_or_url
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -101,8 +110,12 @@ def display_url(engine_or_url: Engine | str) -> str:
         return str(url)
 
 
-def connect(url: str) -> Engine:
+def connect(url: str, label: str | None = None) -> Engine:
     """Open a results database for reading.
+
+    ``label``: the name ``display_url`` (and so every provenance line) shows for this engine
+    instead of its URL, e.g. the permanent URL of a database read from a temporary copy, so
+    that what is written does not depend on where the copy lies.
 
     SQLite files are opened read-only (``mode=ro``), so a mistyped path fails instead of
     creating an empty database. Other backends get an ordinary engine; the analysis only
@@ -151,6 +164,8 @@ def connect(url: str) -> Engine:
             f"database {shown} has results schema version {version}; this analysis reads "
             f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}{hint}"
         )
+    if label is not None:
+        _labels[engine] = label
     return engine
 
 
@@ -324,6 +339,29 @@ def kept_seeds(engine: Engine, sweep: str) -> pd.DataFrame:
     ).assign(sweep=str(art))
     kept = kept[["run_id", "seed", "finished_at", "request"]].merge(labels, on="request")
     return kept[_KEPT].sort_values(["request", "seed", "run_id"]).reset_index(drop=True)
+
+
+def no_runs(engine: Engine, sweep: str) -> str:
+    """The message for an artefact with no completed runs of its cells."""
+    art = selection.parse(sweep)
+    return (
+        f"no completed runs for artefact '{art}' (the cells of {art.describe()}) in "
+        f"{display_url(engine)}"
+    )
+
+
+def kept_of_task(engine: Engine | None, sweep: str, task: str) -> pd.DataFrame:
+    """``kept_seeds`` of an artefact whose builder reads one task's runs; ``AnalysisError``
+    when there is no database, no completed run, or a run of another task."""
+    if engine is None:
+        raise AnalysisError(f"artefact '{sweep}' needs a results database")
+    kept = kept_seeds(engine, sweep)
+    if kept.empty:
+        raise AnalysisError(no_runs(engine, sweep))
+    wrong = sorted(set(kept["task"]) - {task})
+    if wrong:
+        raise AnalysisError(f"artefact '{sweep}' selects runs of task {wrong}, not '{task}'")
+    return kept
 
 
 def id_ranges(ids: Iterable[int]) -> str:

@@ -5,8 +5,10 @@ The paper's convention (protocols, "Conventions"): mean over seeds and standard 
 Non-finite results are stored as NULL and read as NaN; they are left out and ``n_seeds``
 counts only the seeds that contributed, so a diverged seed shows up as a smaller ``n_seeds``.
 
-Alongside, one honest-statistics helper in the rliable spirit: a percentile bootstrap 95%
-confidence interval of the mean over seeds (seeded, so tables are reproducible).
+Alongside, honest-statistics helpers in the rliable spirit, seeded so tables are
+reproducible: a percentile bootstrap 95% confidence interval of the mean over seeds
+(``bootstrap_ci``) and of the step at which the seed-mean curve first crosses a threshold
+(``crossing_ci``).
 """
 
 from __future__ import annotations
@@ -81,3 +83,56 @@ def steps_to_threshold(
     order = np.argsort(s, kind="stable")
     below = np.flatnonzero(y[order] < thr)
     return None if below.size == 0 else int(s[order][below[0]])
+
+
+def crossing_ci(
+    curves: np.ndarray,
+    steps: Sequence[int] | np.ndarray,
+    thr: float,
+    level: float = 0.95,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    chunk: int = 1_000,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``steps_to_threshold`` of the seed-mean curve.
+
+    ``curves`` is ``[seeds, steps]``, one curve per seed (NaN where a seed has no value: it is
+    left out of that step's mean). Each of ``n_boot`` resamples draws the seeds with
+    replacement (``numpy.random.default_rng(seed)``, as ``bootstrap_ci``) and is kept as a row
+    of counts, so the resampled seed-mean curves of a chunk of resamples are one product
+    ``counts [chunk, seeds] @ curves [seeds, steps]``; a resample's statistic is the first
+    step its mean curve is strictly below ``thr``, ``+inf`` where it never is. Returns the
+    ``(1-level)/2`` and ``(1+level)/2`` quantiles by the inverted CDF (an observed crossing
+    step, or ``inf``: ``hi = inf`` means the curve may never cross). Fewer than two seeds
+    give ``(nan, nan)``.
+    """
+    y = np.asarray(curves, dtype=np.float64)
+    s = np.asarray(steps)
+    if y.ndim != 2 or y.shape[1] != s.shape[0]:
+        raise ValueError(f"curves have shape {y.shape} but steps {s.shape}")
+    n = y.shape[0]
+    if n < 2:
+        return float("nan"), float("nan")
+    order = np.argsort(s, kind="stable")
+    y, s = y[:, order], s[order].astype(np.float64)
+    finite = np.isfinite(y)
+    all_finite = bool(finite.all())
+    values, present = np.where(finite, y, 0.0), finite.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    # counts[b, i]: how often resample b drew seed i
+    counts = np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(), minlength=n_boot * n)
+    counts = counts.reshape(n_boot, n).astype(np.float64)
+    hits = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        c = counts[start : start + chunk]
+        if all_finite:
+            mean = (c @ y) / n
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = (c @ values) / (c @ present)  # no seed with a value at a step: NaN
+        below = mean < thr
+        first = np.argmax(below, axis=1)
+        hits[start : start + chunk] = np.where(below.any(axis=1), s[first], np.inf)
+    lo, hi = np.quantile(hits, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return float(lo), float(hi)

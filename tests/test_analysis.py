@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,9 +61,9 @@ def test_builder_writes_figures_and_tables(built, artifact_id):
     assert (out / f"{artifact_id}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / f"{artifact_id}.pdf").read_bytes()[:5] == b"%PDF-"
     with open(out / f"{artifact_id}.csv", newline="") as f:
-        assert next(csv.reader(f)) == tables.COLUMNS
+        assert next(csv.reader(f)) == tables.ROW_COLUMNS
     df = frames[artifact_id]
-    assert list(df.columns) == tables.COLUMNS
+    assert list(df.columns) == tables.ROW_COLUMNS
     assert sorted(df.attrs["files"]) == sorted(str(out / f"{artifact_id}.{e}") for e in FILES)
     assert len(pd.read_csv(out / f"{artifact_id}.csv")) == len(df)
 
@@ -82,12 +83,24 @@ def test_tabular_rows_and_seed_counts(built, artifact_id):
     expected = {(m, k) for m in METHODS[artifact_id] for k in metrics}
     assert set(zip(df["method"], df["metric"], strict=True)) == expected
     assert len(df) == len(expected)
-    assert (df["artifact"] == artifact_id).all()
+    # the artefact id is the preset's at every scale; the paper's name for it beside
+    assert (df["artifact"] == PRESET[artifact_id]).all()
+    assert (df["paper_item"] == ("Fig 3" if artifact_id == FIG3 else "Fig 4")).all()
     assert (df["n_seeds"] == 2).all()
     with_se = df[df["metric"] != "steps_to_1pct"]
     assert with_se["se"].notna().all() and (with_se["se"] >= 0).all()
+    # a bootstrap CI of the mean around every mean over seeds
+    assert (with_se["ci_low"] <= with_se["value"] + 1e-12).all()
+    assert (with_se["value"] <= with_se["ci_high"] + 1e-12).all()
     steps = 20 if artifact_id == FIG3 else 50
     assert df["setting"].str.endswith(f"steps={steps}").all()
+    assert (df["episodes"] == steps).all()
+    # the cell's key fields as the preset requested them: K is the number of actions
+    assert (df["K"] == (100 if artifact_id == FIG3 else 10)).all()
+    assert df["B"].eq(100).all() if artifact_id == FIG3 else df["B"].isna().all()
+    assert df[["target", "reward", "match", "H", "V", "p"]].isna().all().all()
+    assert df.loc[df["method"] == "grpo", "eta"].isna().all()  # GRPO has no η
+    assert (df.loc[df["method"] == "tpo", "eta"] == 1.0).all()
     md = (out / f"{artifact_id}.md").read_text()
     assert "| method" in md and "paper" in md and "TPO" in md
 
@@ -145,6 +158,14 @@ def test_appendix_b_coefficients(built):
     lam = df[df["metric"] == "lambda"]["value"].item()
     assert lam == pytest.approx(math.exp(10 / 3))
     assert df["se"].isna().all() and df["n_seeds"].isna().all()
+    assert (df["artifact"] == "appendix_b").all() and (df["paper_item"] == "App. B").all()
+    assert sorted(df.loc[df["metric"] == "beta_coefficient", "p"].unique()) == [
+        0.01,
+        0.1,
+        0.3,
+        0.5,
+        0.9,
+    ]
     md_rows = [
         [c.strip() for c in line.strip().strip("|").split("|")]
         for line in (out / "appendix_b.md").read_text().splitlines()
@@ -345,6 +366,127 @@ def test_bootstrap_and_threshold():
     curve, steps = np.array([1.0, 0.5, 0.009, 0.02, 0.001]), np.arange(10, 15)
     assert stats.steps_to_threshold(curve, steps, 0.01) == 12
     assert stats.steps_to_threshold(curve, steps, 1e-4) is None
+
+
+def test_crossing_ci_by_hand():
+    """Two seeds, each resample is {A, A} (1/4), {A, B} (1/2) or {B, B} (1/4)."""
+    # A crosses 0.5 at step 11, B at step 12; the mean of A and B at step 11 is 0.5, not below
+    a_b = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    assert stats.crossing_ci(a_b, [10, 11, 12], 0.5) == (11.0, 12.0)
+    # the steps may come in any order
+    assert stats.crossing_ci(a_b[:, ::-1], [12, 11, 10], 0.5) == (11.0, 12.0)
+    # B never crosses: only {A, A} does, so the interval is [crossing of A, never]
+    never = np.array([[1.0, 0.5, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    assert stats.crossing_ci(never, np.arange(4), 0.1) == (2.0, math.inf)
+    assert stats.steps_to_threshold(never.mean(0), np.arange(4), 0.1) is None
+    # a seed without a value at a step is left out of that step's mean: {A, B} crosses at 1
+    # with A's value alone, {B, B} has no mean at step 1 and crosses at 2
+    gap = np.array([[1.0, 0.0, 0.0], [1.0, np.nan, 0.0]])
+    assert stats.crossing_ci(gap, [0, 1, 2], 0.5) == (1.0, 2.0)
+    assert all(math.isnan(v) for v in stats.crossing_ci(a_b[:1], [10, 11, 12], 0.5))
+    # seeded: the same interval every time, and all three outcomes occur over 10,000 draws
+    rng = np.random.default_rng(0)
+    spread = np.sort(rng.uniform(0.5, 2.0, size=8))[:, None] * np.exp(-np.arange(200) / 20.0)
+    lo, hi = stats.crossing_ci(spread, np.arange(200), 0.01)
+    assert (lo, hi) == stats.crossing_ci(spread, np.arange(200), 0.01)
+    point = stats.steps_to_threshold(spread.mean(0), np.arange(200), 0.01)
+    assert lo < point < hi
+
+
+@pytest.mark.parametrize("artifact_id", [FIG3, FIG4])
+def test_steps_to_1pct_has_a_crossing_ci(built, artifact_id):
+    out, _ = built
+    df = pd.read_csv(out / f"{artifact_id}.csv")
+    steps = df[df["metric"] == "steps_to_1pct"]
+    assert len(steps) == len(METHODS[artifact_id])
+    # two seeds: the interval is computed, and holds the point estimate where there is one
+    assert steps["ci_low"].notna().all() and steps["ci_high"].notna().all()
+    hit = steps[steps["value"].notna()]
+    assert (hit["ci_low"] <= hit["value"]).all() and (hit["value"] <= hit["ci_high"]).all()
+
+
+def test_rebuilding_writes_identical_bytes(smoke_db, built, tmp_path):
+    """No timestamps or versions in the figures: the same data gives the same files."""
+    out, _ = built
+    engine = load.connect(smoke_db)
+    try:
+        artifacts.build(FIG3, engine, tmp_path)
+    finally:
+        engine.dispose()
+    for ext in FILES:
+        name = f"{FIG3}.{ext}"
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_connect_label_replaces_the_url_in_what_is_written(smoke_db, tmp_path):
+    label = "sqlite:///results/tpo.sqlite"
+    engine = load.connect(smoke_db, label=label)
+    plain = load.connect(smoke_db)
+    try:
+        assert load.display_url(engine) == label
+        assert load.display_url(plain) == smoke_db
+        artifacts.build(FIG3, engine, tmp_path)
+    finally:
+        engine.dispose()
+        plain.dispose()
+    md = (tmp_path / f"{FIG3}.md").read_text()
+    assert f"- database: `{label}`;" in md and _path(smoke_db) not in md
+
+
+def test_one_table_of_methods():
+    from analysis import figures, methods
+
+    assert methods.label("tpo_token") == "TPO (token)" and methods.label("new_algo") == "NEW_ALGO"
+    assert methods.order(["ce", "pg", "dg", "grpo", "tpo"]) == ["tpo", "grpo", "dg", "pg", "ce"]
+    # a figure's own legend first (the paper's Fig 5 order), the rest by rank
+    assert methods.order(["grpo", "dg", "tpo", "ppo"], ("tpo", "dg", "grpo")) == [
+        "tpo",
+        "dg",
+        "grpo",
+        "ppo",
+    ]
+    assert methods.shown_as("batch_std_pg", "mnist") == "grpo"
+    assert methods.shown_as("batch_std_pg", "reversal") == "batch_std_pg"
+    # variants share their method's colour and differ in line style
+    assert figures.color("dg_4ep") == figures.color("dg")
+    assert figures.linestyle("dg_4ep") != figures.linestyle("dg")
+    assert tables.label is methods.label
+
+
+def test_modules_import_alone_in_any_order():
+    """The family modules register their builders without an import circle: imported in
+    reverse order, before the registry is used, the registry still lists them in order."""
+    from analysis.artifacts import FAMILIES
+
+    code = "; ".join(
+        [
+            *(f"import {m}" for m in reversed(FAMILIES)),
+            "from analysis.artifacts import ARTIFACTS",
+            "print(' '.join(ARTIFACTS))",
+        ]
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == list(artifacts.ARTIFACTS)
+    assert list(artifacts.ARTIFACTS)[:3] == [
+        "fig3_tabular_single",
+        "fig4_tabular_multi",
+        "appendix_b",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        f"analysis.{p.stem}"
+        for p in Path(artifacts.__file__).parent.glob("*.py")
+        if p.stem != "__init__"
+    ),
+)
+def test_every_module_imports_alone(module):
+    r = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Token-reversal builders (``analysis.reversal``) on a synthetic results database.
+"""Token-reversal builders (``analysis.reversal_*``) on a synthetic results database.
 
 The fixture stores completed runs of the presets' own cells (their cell hashes and run keys
 from ``analysis.selection.selection``, i.e. the cells ``python -m tpo_sweeps -m
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import artifacts, load, reversal, selection, tables
+from analysis import artifacts, load, paper, reversal_data, reversal_diagnostics, selection, tables
 from analysis.__main__ import main
 from analysis.load import AnalysisError
 
@@ -65,7 +65,7 @@ def add_cells(
     picked = [
         c
         for c in selection.selection(art)
-        if all(reversal._same(c["labels"][k], v) for k, v in where.items())
+        if all(tables.same(c["labels"][k], v) for k, v in where.items())
     ]
     assert picked, (preset, where)
     ids: list[int] = []
@@ -211,18 +211,18 @@ def db_url(tmp_path_factory) -> str:
     return url
 
 
-IDS = [
+IDS = [  # in registry order: reversal_terminal, reversal_dense, reversal_diagnostics
     "fig1b_terminal",
-    "table1_vocab",
-    "table2_variations",
     "table3_terminal",
     "fig9_ablations",
+    "table1_vocab",
+    "table2_variations",
+    "table5_eta",
+    "fig18_dg_epochs",
     "fig11_diagnostics",
     "fig13_k_sweep",
     "fig14_grpo_masking",
     "fig16_epoch_sweep",
-    "table5_eta",
-    "fig18_dg_epochs",
 ]
 
 
@@ -297,8 +297,15 @@ def test_every_builder_writes_figure_tables_and_csv(built, artifact_id):
     assert (built / f"{artifact_id}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (built / f"{artifact_id}.pdf").read_bytes()[:5] == b"%PDF-"
     df = csv_of(built, artifact_id)
-    assert list(df.columns) == tables.COLUMNS
+    assert list(df.columns) == tables.ROW_COLUMNS
     assert len(df) > 0 and df["n_seeds"].notna().any()
+    assert (df["artifact"] == artifact_id).all()
+    # every row carries its cell: episodes and the key fields, as the preset requested them
+    cells = df[df["metric"] != "variants_worse_than_1ep"]
+    assert cells["episodes"].isin([T1, T3]).all()
+    assert (cells["reward"].isin(["bag_of_tokens", "sequential", "terminal"])).all()
+    assert cells["H"].notna().all() and cells["V"].notna().all() and cells["K"].notna().all()
+    assert df["p"].isna().all()
     md = (built / f"{artifact_id}.md").read_text()
     assert md.startswith("# ") and f"![{artifact_id}]({artifact_id}.png)" in md
 
@@ -309,16 +316,21 @@ def test_build_returns_long_frame_with_files(db_url, tmp_path):
         df = artifacts.build("fig14_grpo_masking", engine, tmp_path)
     finally:
         engine.dispose()
-    assert list(df.columns) == tables.COLUMNS
+    assert list(df.columns) == tables.ROW_COLUMNS
     assert sorted(df.attrs["files"]) == sorted(
         str(tmp_path / f"fig14_grpo_masking.{e}") for e in FILES
     )
-    assert set(df["artifact"]) == {"fig14"}
+    assert set(df["artifact"]) == {"fig14_grpo_masking"}
+    final = df[df["metric"] == "final_error_pct"]
+    assert set(final["paper_item"]) == {"Fig 14"}
+    assert set(df.loc[df["metric"] == "steps_to_5pct", "paper_item"]) == {""}  # ours only
 
 
 def test_table1_steps_to_1pct_final_error_and_paper(built):
     df = csv_of(built, "table1_vocab")
-    assert set(df["artifact"]) == {"table1"}
+    assert set(df["artifact"]) == {"table1_vocab"}
+    items = df.groupby("metric")["paper_item"].unique().map(list).to_dict()
+    assert items == {"steps_to_1pct": ["Table 1"], "final_error_pct": ["Fig 6"]}
     for V in (2, 4):
         for algo, tau, plateau in TABLE1:
             r = row(df, algo, "steps_to_1pct", V=V)
@@ -334,6 +346,20 @@ def test_table1_steps_to_1pct_final_error_and_paper(built):
             assert f["se"] == pytest.approx(se, rel=1e-9)
             assert f["n_seeds"] == S
     assert row(df, "tpo_token", "steps_to_1pct", V=2)["value"] == 44  # 10 ln 80 = 43.8
+    # the crossing step's bootstrap interval: a resample's seed-mean curve is the mean of three
+    # MULT factors times the curve; all three 0.8 (or all 1.2) has probability 1/27 > 2.5%, so
+    # the interval runs from the crossing of 0.8x the curve to that of 1.2x
+    for V in (2, 4):
+        for algo, tau, plateau in TABLE1:
+            r = row(df, algo, "steps_to_1pct", V=V)
+            if plateau:  # never below 1%, in no resample either
+                assert r["ci_low"] == r["ci_high"] == math.inf
+                continue
+            t = tau * V / 2
+            lo, hi = (math.floor(t * math.log(0.8 * m / 0.01)) + 1 for m in (0.8, 1.2))
+            assert (r["ci_low"], r["ci_high"]) == (lo, hi)
+            f = row(df, algo, "final_error_pct", V=V)
+            assert f["ci_low"] <= f["value"] <= f["ci_high"]
     assert df["setting"].str.contains(f"episodes={T1}").all()
     md = (built / "table1_vocab.md").read_text()
     tpo_v2 = md_row(md, "2", "TPO (token)")
@@ -374,45 +400,31 @@ def test_missing_cells_are_logged(db_url, tmp_path, caplog):
 
 def test_table2_paper_lookup_by_target_reward_and_matching(built):
     df = csv_of(built, "table2_variations")
-    assert set(df["artifact"]) == {"table2"}
+    assert set(df["artifact"]) == {"table2_variations"}
     r = row(df, "tpo_token", "steps_to_1pct", copy=None, sequential=None)
     assert r["value"] == steps_to_1pct(8.0)
-    assert (
-        reversal.paper_value(
-            "table2",
-            "tpo_token",
-            "steps_to_1pct",
-            {"target": "copy", "reward": "bag_of_tokens", "match": "prompts"},
-        )
-        == "81"
-    )
-    assert (
-        reversal.paper_value(
-            "table2",
-            "dg",
-            "steps_to_1pct",
-            {"target": "reverse_copy", "reward": "sequential", "match": "prompts"},
-        )
-        == "515"
-    )
-    assert (
-        reversal.paper_value(
-            "table2",
-            "ppo",
-            "steps_to_1pct",
-            {"target": "reverse_copy", "reward": "bag_of_tokens", "match": "prompts"},
-        )
-        == "never"
-    )
+
+    def paper_of(method: str, **cell) -> str:
+        """The paper's number for our CSV row of this cell, joined on the row's key fields."""
+        sel = (df["method"] == method) & (df["metric"] == "steps_to_1pct")
+        for k, v in cell.items():
+            sel &= df[k] == v
+        assert sel.sum() == 1, cell
+        r = df[sel].iloc[0]
+        key = {f: r[f] for f in paper.KEY_FIELDS if not pd.isna(r[f])}
+        return paper.lookup(r["artifact"], method, r["metric"], **key)
+
+    prompts = {"match": "prompts"}
+    assert paper_of("tpo_token", target="copy", reward="bag_of_tokens", **prompts) == "81"
+    assert paper_of("dg", target="reverse_copy", reward="sequential", **prompts) == "515"
+    assert paper_of("ppo", target="reverse_copy", reward="bag_of_tokens", **prompts) == "never"
     # no interaction-matched rows in the paper's Table 2
+    key = {"target": "copy", "reward": "bag_of_tokens", "match": "interactions"}
+    assert paper.lookup("table2_variations", "tpo_token", "steps_to_1pct", **key) == ""
+    inter = df[(df["match"] == "interactions") & (df["metric"] == "steps_to_1pct")]
     assert (
-        reversal.paper_value(
-            "table2",
-            "tpo_token",
-            "steps_to_1pct",
-            {"target": "copy", "reward": "bag_of_tokens", "match": "interactions"},
-        )
-        == ""
+        list(inter["method"]) == ["tpo_token"]
+        and inter["setting"].str.contains("interaction-matched").all()
     )
     md = (built / "table2_variations.md").read_text()
     assert "81" in md_row(md, "prompt-matched", "bag_of_tokens", "copy", "TPO (token)")
@@ -443,9 +455,9 @@ def test_table3_final_error_dash_and_paper(built):
     assert "H=8" in md and "H=9" in md  # missing from the grid
 
 
-def test_fig1b_uses_table3_paper_values_and_smoothing(built):
+def test_fig1b_shares_table3_cells_and_has_its_own_paper_values(built):
     df = csv_of(built, "fig1b_terminal")
-    assert set(df["artifact"]) == {"fig1b"}
+    assert set(df["artifact"]) == {"fig1b_terminal"} and set(df["paper_item"]) == {"Fig 1b"}
     errors = curves(T3, 10.0, TPO_PLATEAU[10])  # Table 3's stored TPO cell at H = 10
     mean, se = final_stats(errors)
     r = row(df, "tpo", "final_error_pct")
@@ -454,40 +466,43 @@ def test_fig1b_uses_table3_paper_values_and_smoothing(built):
     for method in ("tpo", "dg"):
         same = row(t3, method, "final_error_pct", H=10, **{"prompt-matched": None})
         assert row(df, method, "final_error_pct")["value"] == same["value"]
-    smoothed = reversal.moving_average_left(errors.mean(0), 40)
+    smoothed = reversal_data.moving_average_left(errors.mean(0), 40)
     s = row(df, "tpo", "smoothed40_final_error_pct")
     assert s["value"] == pytest.approx(100 * errors.mean(0)[-40:].mean(), rel=1e-9)
     assert s["value"] == pytest.approx(100 * smoothed[-1], rel=1e-9)
     md = (built / "fig1b_terminal.md").read_text()
-    assert "7.4" in md_row(md, "TPO") and "50.4" in md_row(md, "GRPO")
-    assert ">95" in md_row(md, "DG")
+    # the paper column: the authors' released Fig 1b curves (Table 3 prints them rounded)
+    assert "7.36" in md_row(md, "TPO") and "50.37" in md_row(md, "GRPO")
+    assert "99.75" in md_row(md, "DG")
+    assert "1164" in md_row(md, "TPO")  # steps to 10%
     # its runs: TPO and DG computed by table3_terminal, GRPO by fig1b_terminal, 3 seeds each
     assert "computed by sweeps: fig1b_terminal (3), table3_terminal (6)" in md
 
 
 def test_fig11_12_15_diagnostics(built):
     df = csv_of(built, "fig11_diagnostics")
-    assert set(df["artifact"]) == {"fig11", "fig12", "fig15"}
+    assert set(df["artifact"]) == {"fig11_diagnostics"}
+    assert set(df["paper_item"]) == {"Fig 11", "Fig 12", "Fig 15"}
     for algo, (tau, plateau) in DIAG_METHODS.items():
         errors = curves(T3, tau, plateau, seeds=2)
         at400 = errors[:, 400] * 100
         r = df[
-            (df["artifact"] == "fig15")
+            (df["paper_item"] == "Fig 15")
             & (df["method"] == algo)
             & (df["metric"] == "error_pct_at_episode_400")
         ].iloc[0]
         assert r["value"] == pytest.approx(at400.mean(), rel=1e-9)
         assert r["se"] == pytest.approx(at400.std() / math.sqrt(2), rel=1e-9)
-    fig12 = df[df["artifact"] == "fig12"]
+    fig12 = df[df["paper_item"] == "Fig 12"]
     init = fig12[fig12["metric"] == "initial_all_fail_fraction"].set_index("method")["value"]
     assert set(init.index) == {"tpo", "tpo_1ep", "grpo"}  # single-rollout DG has none
     assert init["tpo"] == pytest.approx(0.905, rel=1e-9)
-    fig11 = df[df["artifact"] == "fig11"].set_index(["method", "metric"])
+    fig11 = df[df["paper_item"] == "Fig 11"].set_index(["method", "metric"])
     assert fig11.loc[("grpo", "grad_norm_peak_smoothed"), "value"] > 100
     decay = fig11.loc[("tpo", "grad_norm_decay_episode"), "value"]
     assert 60 < decay < 200  # 142: the smoothed bump's tail
     assert fig11.loc[("tpo", "weight_winners_late"), "value"] == pytest.approx(0.5)
-    fig15 = df[df["artifact"] == "fig15"]
+    fig15 = df[df["paper_item"] == "Fig 15"]
     assert set(fig15.loc[fig15["metric"] == "final_error_pct", "method"]) == {
         "tpo",
         "tpo_1ep",
@@ -496,7 +511,7 @@ def test_fig11_12_15_diagnostics(built):
     md = (built / "fig11_diagnostics.md").read_text()
     assert "## Fig 12" in md and "## Fig 15" in md
     assert any("12.7" in r for r in md_rows(md, "GRPO"))  # Fig 11: GRPO plateau
-    assert any("300" in r for r in md_rows(md, "TPO"))  # Fig 11: grad-norm decay
+    assert any("~300" in r for r in md_rows(md, "TPO"))  # Fig 11: grad-norm decay (read off)
     assert any("0.9" in r for r in md_rows(md, "TPO (1 ep)"))  # Fig 12: all-fail at start
     assert any("0.2" in r for r in md_rows(md, "TPO"))  # Fig 15: error at episode 400
     assert any("1.1" in r for r in md_rows(md, "TPO (1 ep)"))
@@ -536,12 +551,13 @@ def test_fig13_fig14_fig16_table5_paper_keys(built):
 
 def test_fig18_a_and_bc_from_table2(built):
     df = csv_of(built, "fig18_dg_epochs")
-    assert set(df["artifact"]) == {"fig18a", "fig18bc"}
-    a = df[df["artifact"] == "fig18a"].set_index("method")
+    assert set(df["artifact"]) == {"fig18_dg_epochs"}
+    assert set(df["paper_item"]) == {"Fig 18a", "Fig 18b-c"}
+    a = df[df["paper_item"] == "Fig 18a"].set_index("method")
     assert a.loc["dg_4ep", "value"] == pytest.approx(
         final_stats(curves(T3, 10.0, 0.48))[0], rel=1e-9
     )
-    bc = df[(df["artifact"] == "fig18bc") & (df["metric"] == "final_error_pct")]
+    bc = df[(df["paper_item"] == "Fig 18b-c") & (df["metric"] == "final_error_pct")]
     assert len(bc) == 8  # 4 prompt-matched variants x {dg, dg_4ep}
     worse = df[df["metric"] == "variants_worse_than_1ep"].iloc[0]
     assert worse["value"] == 4 and worse["setting"] == "4 variants of table2"
@@ -587,11 +603,11 @@ def test_two_configurations_of_one_cell_are_refused(tmp_path):
 
 def test_smoothing_and_decay_helpers():
     y = np.array([1.0, 2.0, 3.0, 4.0])
-    np.testing.assert_allclose(reversal.moving_average_left(y, 2), [1.0, 1.5, 2.5, 3.5])
-    np.testing.assert_allclose(reversal.moving_average_centred(y, 3), [4 / 3, 2, 3, 11 / 3])
+    np.testing.assert_allclose(reversal_data.moving_average_left(y, 2), [1.0, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(reversal_data.moving_average_centred(y, 3), [4 / 3, 2, 3, 11 / 3])
     g = np.array([0.0, 10.0, 6.0, 0.4, 0.6, 0.1, 0.0])
-    assert reversal.grad_norm_decay_episode(g) == 5  # below 0.5 from episode 5 on
-    assert math.isnan(reversal.grad_norm_decay_episode(np.array([1.0, 2.0, 3.0])))
+    assert reversal_diagnostics.grad_norm_decay_episode(g) == 5  # below 0.5 from episode 5 on
+    assert math.isnan(reversal_diagnostics.grad_norm_decay_episode(np.array([1.0, 2.0, 3.0])))
 
 
 def test_kept_seeds_keeps_each_target_and_reward(db_url, tmp_path):
@@ -675,7 +691,7 @@ def test_real_smoke_sweep_end_to_end(tmp_path, pytestconfig):
         engine.dispose()
     for ext in FILES:
         assert (tmp_path / "out" / f"fig11_diagnostics_smoke.{ext}").is_file()
-    final = df[(df["artifact"] == "fig11") & (df["metric"] == "final_error_pct")]
+    final = df[(df["paper_item"] == "Fig 11") & (df["metric"] == "final_error_pct")]
     assert set(final["method"]) == {"tpo", "dg"} and (final["n_seeds"] == 2).all()
     assert final["value"].between(0, 100).all()
     init = df[df["metric"] == "initial_all_fail_fraction"]

@@ -55,8 +55,10 @@ def test_default_config():
 
 @pytest.mark.parametrize("option", _options("algorithm"))
 def test_every_algorithm_option_composes(option):
-    # the task-dependent values are checked below; one task suffices for the schema
-    cfg = _typed([f"algorithm={option}", "task=tabular_multi"])
+    # the task-dependent values are checked below; one task suffices for the schema (token
+    # reversal for the token-level options, which no other task has)
+    task = "task=reversal" if option.endswith(("_token", "_token_no_kl")) else "task=tabular_multi"
+    cfg = _typed([f"algorithm={option}", task])
     assert cfg.algorithm.name == option
     assert type(cfg.algorithm) is not C.AlgorithmConfig  # an option schema, not the base
     assert cfg.algorithm.epochs >= 1
@@ -224,9 +226,6 @@ def test_wrong_type_fails_at_composition():
         (["log_every=0"], "log_every"),
         (["algorithm.epochs=0"], "algorithm.epochs"),
         (["task.steps=0"], "task.steps"),
-        (["algorithm=pg", "algorithm.baseline=foo"], "foo"),
-        (["algorithm=dg", "algorithm.baseline=foo"], "algorithm.baseline"),
-        (["algorithm=grpo", "algorithm.std_eps_mode=bogus"], "bogus"),
     ],
 )
 def test_bad_values_raise_config_error(overrides, culprit):
@@ -235,6 +234,41 @@ def test_bad_values_raise_config_error(overrides, culprit):
         C.to_config(dcfg)
     assert culprit in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,culprit",
+    [
+        (["algorithm=pg", "algorithm.baseline=foo"], "algorithm.baseline=foo"),
+        (["algorithm=dg", "algorithm.baseline=foo"], "algorithm.baseline"),
+        (["algorithm=grpo", "algorithm.std_eps_mode=bogus"], "bogus"),
+        (["algorithm=tpo_token", "algorithm.level=tokn"], "algorithm.level"),
+        (["task=reversal", "task.target=fllip"], "task.target"),
+        (["hardware.platform=gpuu"], "hardware.platform"),
+    ],
+)
+def test_a_choice_outside_its_enum_fails_at_composition(overrides, culprit):
+    # fixed choices are Enums: a typo fails when the config is composed (before any job is
+    # queued), and the one-line message names the key and the allowed values
+    with pytest.raises(HydraException) as info:
+        _compose(overrides)
+    line = C.error_line(info.value)
+    assert culprit in line and "expected one of" in line and "\n" not in line
+
+
+def test_choices_store_and_hash_as_their_plain_strings():
+    cfg = _typed(["task=reversal", "algorithm=grpo_token", "task.reward=sequential"])
+    assert isinstance(cfg.task.target, C.Target) and cfg.task.target == "reverse_copy"
+    d = C.as_dict(cfg)
+    assert type(d["task"]["target"]) is str and d["task"]["target"] == "reverse_copy"
+    assert type(d["algorithm"]["level"]) is str and d["algorithm"]["level"] == "token"
+    assert f"{cfg.task.reward}" == str(cfg.task.reward) == "sequential"
+    back = C.from_dict(d)
+    assert back.task.reward is C.Reward.sequential and back == cfg
+    # '' (JAX's own choice) and auto are one member, stored as ''
+    auto = _typed(["hardware=slurm_gpu"]).hardware.platform
+    assert auto is C.Platform.auto is _typed(["hardware.platform=auto"]).hardware.platform
+    assert C.as_dict(_typed(["hardware=slurm_gpu"]))["hardware"]["platform"] == ""
 
 
 def test_schema_option_without_name_is_rejected():

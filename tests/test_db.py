@@ -104,7 +104,12 @@ def engine(tmp_path):
 
 
 def test_connect_creates_schema_and_version(tmp_path):
-    path = tmp_path / "sub" / "dir" / "results.sqlite"  # parent directories are created
+    path = tmp_path / "sub" / "dir" / "results.sqlite"
+    # a folder that does not exist is an error, not made (a typo must not make a tree)
+    with pytest.raises(db.DatabaseUnavailable, match="does not exist"):
+        db.connect(_url(path))
+    assert not (tmp_path / "sub").exists()
+    path.parent.mkdir(parents=True)
     eng = db.connect(_url(path))
     assert path.is_file()
     tables = set(inspect(eng).get_table_names())
@@ -115,7 +120,7 @@ def test_connect_creates_schema_and_version(tmp_path):
     assert {"run_key", "cell_hash", "seed"} <= {c["name"] for c in inspect(eng).get_columns("runs")}
     with eng.connect() as conn:
         versions = conn.execute(select(db.SchemaInfo.version)).scalars().all()
-    assert versions == [db.SCHEMA_VERSION] == [2]
+    assert versions == [db.SCHEMA_VERSION] == [3]
     eng.dispose()
     # reconnecting checks the schema and adds nothing
     eng = db.connect(_url(path))

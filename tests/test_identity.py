@@ -41,7 +41,7 @@ REV = [
     "task.model.num_layers=1",
     "task.model.ffn_mult=2",
 ]
-MNIST = ["task=mnist", "optimizer=adam", "algorithm=dg", "task.steps=4"]
+MNIST = ["task=mnist", "optimizer=adam", "algorithm=dg", "task.steps=4", "task.eval_every=2"]
 
 # float32 tolerance for a seed's numbers when the seeds of a program run in one vmap: XLA
 # may vectorise and fuse a batched reduction differently from a smaller batch, so the last
@@ -231,7 +231,7 @@ def test_rule2_an_alias_is_its_canonical_algorithm_with_its_fields(alias):
     """``algorithm=<alias>`` and ``algorithm=<canonical>`` with the alias's field values are one
     cell (the fields then say what differs), and not the canonical algorithm's own cell."""
     canonical = ALIASES[alias]
-    base = REV if A.get(compose_cfg(f"algorithm={alias}").algorithm).family != "supervised" else TAB
+    base = REV if A.ALGORITHMS[alias].family != "supervised" else TAB
     if "token" in alias:
         base = [*REV, "task.reward=sequential"]
     aliased = ident(*base, f"algorithm={alias}")

@@ -178,7 +178,9 @@ def test_a_v1_database_migrates_in_place_with_every_row_kept_and_rekeyed(v1_url,
         db.connect(v1_url, migrate=False)
     assert migrate_main(["--db", v1_url]) == 0
     out = capsys.readouterr().out
-    assert out.strip().endswith(f"results schema version 2, revision {migrations.head()}")
+    assert out.strip().endswith(
+        f"results schema version {db.SCHEMA_VERSION}, revision {migrations.head()}"
+    )
     assert f"{V1_SEEDS - V2_RUNS} seeds duplicated another v1 run's" in caplog.text
     # the fig3 TPO seed 0 of a 2-seed job and of a 3-seed job: one value differs by rounding
     assert "1 superseded completed seeds differ" in caplog.text

@@ -364,11 +364,13 @@ def test_analysis_builders_on_the_smoke_database(mnist_db, tmp_path, monkeypatch
     with pytest.raises(load.AnalysisError, match="no completed runs"):
         artifacts.build("fig5_mnist_smoke", engine, tmp_path)
     df = build("fig5_mnist", tmp_path)  # served by the fig5b runs (a superset of extras)
-    assert set(df["artifact"]) == {"fig5a"}
+    assert set(df["artifact"]) == {"fig5_mnist"} and set(df["paper_item"]) == {"Fig 5a"}
     assert set(df["method"]) == {"tpo", "grpo", "dg"}  # batch_std_pg is the paper's GRPO
     assert set(df["metric"]) == {"final_test_error_pct", "steps_to_5pct_test_error"}
     fin = df[df["metric"] == "final_test_error_pct"].set_index("method")
     assert (fin["n_seeds"] == 2).all() and (fin["value"] <= 100).all()
+    assert (fin["episodes"] == 40).all() and (fin["B"] == 100).all()
+    assert (fin["ci_low"] <= fin["value"]).all() and (fin["value"] <= fin["ci_high"]).all()
     for ext in ("png", "pdf", "md", "csv"):
         assert (tmp_path / f"fig5_mnist_smoke.{ext}").stat().st_size > 0
     md = (tmp_path / "fig5_mnist_smoke.md").read_text()
@@ -385,7 +387,7 @@ def test_analysis_builders_on_the_smoke_database(mnist_db, tmp_path, monkeypatch
     args = ["fig1a_mnist", "--scale", "smoke", *SMOKE_40, "--db", mnist_db, "--out", str(tmp_path)]
     assert main(args) == 0
     df1 = pd.read_csv(tmp_path / "fig1a_mnist_smoke.csv")
-    assert set(df1["method"]) == {"tpo", "grpo", "dg"} and set(df1["artifact"]) == {"fig1a"}
+    assert set(df1["method"]) == {"tpo", "grpo", "dg"} and set(df1["artifact"]) == {"fig1a_mnist"}
     md1 = (tmp_path / "fig1a_mnist_smoke.md").read_text()
     assert "computed by sweeps: fig5b_mnist_mechanism (6)" in md1
     assert "experiment=fig1a_mnist scale=smoke task.steps=40" in md1
@@ -395,6 +397,9 @@ def test_analysis_builders_on_the_smoke_database(mnist_db, tmp_path, monkeypatch
     top = df5b[df5b["metric"] == "surplus_gain_top_concentration_bin"]
     assert len(top) == 2
     assert {f"surplus_bin{k}" for k in range(4)} <= set(df5b["metric"])
+    # the figure shows the surplus; the gains and counts behind it are ours only
+    items = df5b.groupby(df5b["metric"].str.split("_bin").str[0])["paper_item"].unique()
+    assert list(items["surplus"]) == ["Fig 5b"] and list(items["count"]) == [""]
     # the smoke run ends at step 40: the evaluation nearest 2000 + 20 is its last one
     assert df5b["setting"].str.contains("true step 40").all()
     engine.dispose()

@@ -30,7 +30,7 @@ def test_an_older_schema_migrates_once(tmp_path):
     with pytest.raises(db.DatabaseUnavailable, match="python -m tpo_sweeps migrate"):
         db.connect(url, migrate=False)  # what a job inside a multirun does
     engine = db.connect(url)  # what the multirun's start does
-    assert db.schema_version(engine)[0] == db.SCHEMA_VERSION == 2
+    assert db.schema_version(engine)[0] == db.SCHEMA_VERSION == 3
     assert "run_key" in {c["name"] for c in inspect(engine).get_columns("runs")}
     engine.dispose()
     db.connect(url, migrate=False).dispose()  # now the jobs' check passes

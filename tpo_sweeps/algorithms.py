@@ -61,6 +61,13 @@ def _single_adv(batch: Batch, hp) -> Array:
 
 
 def _group_adv(batch: Batch, hp: C.GRPOConfig) -> Array:
+    """GRPO's group z-score. A constant group (every candidate scored alike) gets an
+    advantage of exactly 0 (``standardize``'s equality test). The authors' code computes
+    ``(s - mean)/(std + 1e-8)`` directly: under ``jit`` XLA may leave the centred scores a
+    rounding residue of ~1e-8, which ``/(0 + 1e-8)`` turns into advantages of ±0.4-0.9 in a
+    group that carries no signal; with dense rewards (bag of tokens, sequential) constant
+    groups are common, so their GRPO curves can differ from ours there. Terminal rewards
+    and the bandits are unaffected (their constant groups are all-0 or all-1 exactly)."""
     eps = hp.std_eps
     return L.sg(L.standardize(batch.scores, guard=hp.std_eps_mode, eps=eps, weight=batch.weight))
 

@@ -333,12 +333,14 @@ def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
             f"results schema version {schema!r}, newer than this tpo-sweeps understands "
             f"({db.SCHEMA_VERSION}): upgrade tpo-sweeps"
         )
-    if schema < db.SCHEMA_VERSION:
+    if schema < 2:
         # bundles began with schema 2; a later schema converts older bundles' rows here
         raise BundleError(f"results schema version {schema} has no bundle reader")
     run, sweeps, rows = meta.get("run"), meta.get("sweeps"), meta.get("rows")
     if not isinstance(run, dict):
         raise BundleError("metadata has no run row")
+    if schema == 2:  # v3 added runs.diverged_step; a bundle holds completed runs: NULL
+        run = {**run, "diverged_step": run.get("diverged_step")}
     if set(run) != set(RUN_COLUMNS):
         missing, extra = sorted(set(RUN_COLUMNS) - set(run)), sorted(set(run) - set(RUN_COLUMNS))
         raise BundleError(

@@ -4,9 +4,9 @@ In the launching process, before any job starts: create or migrate the results s
 and record every cell of the sweep as a pending run. While the jobs run (locally or on SLURM,
 where the launcher blocks until the array is done): log the cells' counts every
 ``progress.sweep_every_s`` seconds. At the end: merge the staged per-job stores
-(``db.stage=true``), log the final counts and, when cells are left, the command that lists
-them. The end also runs at interpreter exit, because Hydra skips ``on_multirun_end`` when a
-job failed.
+(``db.stage=true``, or a job's results that found the database locked past ``db.retry_s``),
+log the final counts and, when cells are left, the command that lists them. The end also
+runs at interpreter exit, because Hydra skips ``on_multirun_end`` when a job failed.
 """
 
 from __future__ import annotations
@@ -44,24 +44,31 @@ class SweepCallback(Callback):
         from tpo_sweeps import db
         from tpo_sweeps import sweep as S
         from tpo_sweeps.campaign import record_pending
+        from tpo_sweeps.config import is_user_error
 
-        self._pid = os.getpid()
-        self._url = str(config.db.url)
-        self._stage = bool(config.db.stage)
-        self._sweep_dir = Path(str(config.hydra.sweep.dir))
-        self._every_s = float(config.progress.sweep_every_s)
-        engine = db.connect(self._url, float(config.db.busy_timeout_s))  # create/migrate once
+        # Hydra turns an exception here into a many-line warning and goes on: a bad cell or
+        # database is left to the sweeper, which refuses it in one line before making anything
+        engine = None
         try:
-            self._sweep = S.from_multirun_config(config)
+            self._pid = os.getpid()
+            self._url = str(config.db.url)
+            self._stage = bool(config.db.stage)
+            self._sweep_dir = Path(str(config.hydra.sweep.dir))  # refuses an unsafe name
+            self._every_s = float(config.progress.sweep_every_s)
+            self._sweep = S.from_multirun_config(config)  # every cell composed and checked
+            engine = db.connect(self._url, float(config.db.busy_timeout_s))  # create/migrate
             new = record_pending(engine, self._sweep)
         except Exception as e:  # bookkeeping only: the sweep itself must still run
-            log.warning("sweep %s: no pending rows or progress counts (%s)", config.name, e)
+            if not is_user_error(e):
+                log.warning("sweep %s: no pending rows or progress counts (%s)", config.name, e)
             self._sweep = None
             return
         finally:
-            engine.dispose()
+            if engine is not None:
+                engine.dispose()
         n = len(self._sweep.cells)
-        log.info("sweep %s: %d cells (%d new as pending) -> %s", config.name, n, new, self._url)
+        where = db.display_url(self._url)
+        log.info("sweep %s: %d cells (%d new as pending) -> %s", config.name, n, new, where)
         atexit.register(self._end)
         if self._every_s > 0:
             self._stop = threading.Event()
@@ -108,21 +115,25 @@ class SweepCallback(Callback):
             self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        if self._stage and self._sweep_dir is not None:
-            from tpo_sweeps.merge import merge
+        from tpo_sweeps import db
+        from tpo_sweeps.merge import find_stores, merge
 
-            try:
-                counts = merge([self._sweep_dir], self._url)
-                detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-                log.info("merged staged stores into %s: %s", self._url, detail)
-            except Exception as e:
-                log.error(
-                    "merging %s failed (%s); rerun: python -m tpo_sweeps merge %s --db %s",
-                    self._sweep_dir,
-                    e,
-                    self._sweep_dir,
-                    self._url,
-                )
+        where = db.display_url(self._url)
+        if self._sweep_dir is not None and self._sweep_dir.is_dir():
+            # staged by db.stage=true, or by a job that found db.url locked for too long
+            if self._stage or find_stores([self._sweep_dir]):
+                try:
+                    counts = merge([self._sweep_dir], self._url)
+                    detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+                    log.info("merged staged stores into %s: %s", where, detail)
+                except Exception as e:
+                    log.error(
+                        "merging %s failed (%s); rerun: python -m tpo_sweeps merge %s --db %s",
+                        self._sweep_dir,
+                        e,
+                        self._sweep_dir,
+                        where,
+                    )
         self._report(final=True)
         counts = self._sweep.counts()
         if counts.get("completed", 0) < len(self._sweep.cells):

@@ -29,6 +29,7 @@ from typing import Any
 from tpo_sweeps import db
 from tpo_sweeps import identity as I
 from tpo_sweeps import sweep as S
+from tpo_sweeps.config import UserError, error_line, is_user_error
 from tpo_sweeps.store import run_row
 
 log = logging.getLogger("tpo_sweeps.sweep")
@@ -118,13 +119,11 @@ def record_pending(engine, sweep: S.Sweep) -> int:
             todo = {
                 s: run_row(job.cell.ident, s, job.overrides)
                 for s, status in job.cell.seed_status.items()
-                if status != db.COMPLETED
+                if status not in db.FINAL
             }
             for cell in job.cells:
                 done = [
-                    cell.run_ids[s]
-                    for s in cell.ident.seeds
-                    if cell.seed_status.get(s) == db.COMPLETED
+                    cell.run_ids[s] for s in cell.ident.seeds if cell.seed_status.get(s) in db.FINAL
                 ]
                 rows = [todo[s] for s in cell.ident.seeds if s in todo]
                 for name in {cell.config.name, sweep.name}:
@@ -145,6 +144,8 @@ def launch(sweeper, arguments: list[str]) -> list:
     # the preset's grid (hydra.sweeper.params) is read back by expand from the config itself
     hydra_args = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)
     sweep = S.expand([*arguments, *hydra_args])
+    if not config.db.stage:  # a database that cannot be used: one line, before any folder
+        db.connect(sweep.db_url, float(config.db.busy_timeout_s)).dispose()
     jobs = unique_jobs(sweep.cells)
     log.info(
         "sweep %s: %d requested cells -> %d distinct jobs (%.1fs to expand)",
@@ -155,15 +156,73 @@ def launch(sweeper, arguments: list[str]) -> list:
     )
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    saved = sweep_dir / "multirun.yaml"
+    OmegaConf.save(config, saved)
+    saved.write_text(db.redact(saved.read_text()))  # db.url as given may hold a password
     batch_size = sweeper.max_batch_size or len(jobs) or 1
     returns, index = [], 0
+    outcome = Outcome(sweep.name)
     for i in range(0, len(jobs), batch_size):
         batch = [job.overrides for job in jobs[i : i + batch_size]]
         sweeper.validate_batch_is_legal(batch)
         results = sweeper.launcher.launch(batch, initial_job_idx=index)
         for r in results:
-            _ = r.return_value  # re-raises a job's exception, as Hydra's basic sweeper does
+            outcome.add(r)
         index += len(batch)
         returns.append(results)
+    outcome.check()
     return returns
+
+
+class SweepFailed(UserError):
+    """Some jobs of a multirun failed or diverged (each is stored; the others still ran)."""
+
+
+@dataclass
+class Outcome:
+    """What a multirun's jobs came to: every job runs, and the sweep fails at the end (one
+    line) when any job failed or diverged, as a single job does."""
+
+    name: str
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (overrides, error line)
+    diverged: list[tuple[str, str]] = field(default_factory=list)
+    staged: list[str] = field(default_factory=list)
+
+    def add(self, r) -> None:
+        from hydra.core.utils import JobStatus
+
+        cell = " ".join(r.overrides)
+        if r.status == JobStatus.FAILED:
+            e = r._return_value
+            line = error_line(e) if is_user_error(e) else f"{type(e).__name__}: {error_line(e)}"
+            log.error("job %s failed: %s", cell, db.redact(line))
+            self.failed.append((cell, line))
+            return
+        value = r.return_value
+        status = value.get("status") if isinstance(value, dict) else None
+        if status == db.DIVERGED:
+            seed, text = min(value["diverged"].items())
+            self.diverged.append((cell, f"seed {seed}: {text.removeprefix('diverged: ')}"))
+        elif status == "staged":
+            self.staged.append(value["staged_to"])
+
+    def check(self) -> None:
+        parts = []
+        for what, items in (("failed", self.failed), ("diverged", self.diverged)):
+            if items:
+                cell, line = items[0]
+                more = f" and {len(items) - 1} more" if len(items) > 1 else ""
+                parts.append(f"{len(items)} job(s) {what} ({cell}: {line}{more})")
+        if self.staged:
+            log.warning(
+                "sweep %s: %d job(s) found the database locked and staged their results",
+                self.name,
+                len(self.staged),
+            )
+        if parts:
+            raise SweepFailed(
+                db.redact(
+                    f"sweep {self.name}: {'; '.join(parts)}; the others ran. List them with "
+                    "'python -m tpo_sweeps status <the same overrides>'"
+                )
+            )

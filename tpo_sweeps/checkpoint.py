@@ -4,11 +4,12 @@ The state is what ``train.run`` hands to ``on_chunk`` between chunks: the vmappe
 pytree of arrays: parameters, optimiser state, PRNG keys) and the metrics of the points done so
 far. One ``.npz`` per config hash holds the carry's leaves in tree order, the metrics so far
 and a small JSON header; the tree structure is not stored but rebuilt from the program
-(``jax.eval_shape`` of its ``init``), and a file whose header or leaf shapes do not match is
-ignored with a warning instead of being trusted. Writes go to a temporary file that is fsynced
-and then renamed over the old one, so a job killed mid-save leaves the previous checkpoint.
-Plain numpy was preferred over orbax: the state is a few arrays and the whole save is one
-small file write between two compiled chunks.
+(``jax.eval_shape`` of its ``init``), and a file that cannot be read, or whose header or leaf
+shapes do not match, is moved aside (``<hash>.unusable-<time>.npz``, kept for inspection) with
+a warning instead of being trusted, and the run starts over. Writes go to a temporary file
+that is fsynced and then renamed over the old one, so a job killed mid-save leaves the
+previous checkpoint. Plain numpy was preferred over orbax: the state is a few arrays and
+the whole save is one small file write between two compiled chunks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +72,39 @@ class Checkpointer:
         _fsync_dir(self.dir)
 
     def load(self, program: Program, seeds: np.ndarray) -> tuple[int, Any] | None:
-        """The saved ``(points_done, (carry, parts))``, or None if there is no usable one."""
+        """The saved ``(points_done, (carry, parts))``, or None if there is no usable one
+        (an unusable file is moved aside: ``set_aside``)."""
         if not self.path.exists():
             return None
         try:
-            with np.load(self.path, allow_pickle=False) as z:
-                header = json.loads(str(z["header"]))
-                arrays = {k: z[k] for k in z.files if k != "header"}
-        except Exception as e:  # truncated or foreign file: start over rather than crash
-            log.warning("checkpoint %s is unreadable (%s); starting from zero", self.path, e)
+            return self._load(program, seeds)
+        except Exception as e:  # truncated, corrupt or foreign: start over rather than crash
+            self.set_aside(f"it is unreadable ({type(e).__name__}: {_first_line(e)})")
             return None
+
+    def set_aside(self, problem: str) -> Path | None:
+        """Rename the checkpoint file out of the way (a rerun must not trip over it again),
+        beside the run's folder, which is removed once the run completes."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.dir.parent / f"{self.config_hash}.unusable-{stamp}-{os.getpid()}.npz"
+        try:
+            os.replace(self.path, aside)
+        except OSError as e:
+            log.warning(
+                "ignoring checkpoint %s: %s; cannot move it aside (%s)", self.path, problem, e
+            )
+            return None
+        log.warning(
+            "ignoring checkpoint %s: %s; moved to %s, starting from zero", self.path, problem, aside
+        )
+        return aside
+
+    def _load(self, program: Program, seeds: np.ndarray) -> tuple[int, Any] | None:
+        with np.load(self.path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            arrays = {k: z[k] for k in z.files if k != "header"}
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
         expected = jax.eval_shape(jax.vmap(program.init), seed_keys(seeds))
         ref_leaves, treedef = jax.tree_util.tree_flatten(expected)
         done = int(header.get("points_done", -1))
@@ -107,13 +132,18 @@ class Checkpointer:
             if any(m.shape[0] != done for m in metrics.values()):
                 problem = "its metrics do not cover points_done"
         if problem is not None:
-            log.warning("ignoring checkpoint %s: %s", self.path, problem)
+            self.set_aside(problem)
             return None
         carry = jax.tree_util.tree_unflatten(treedef, leaves)
         return done, (carry, [metrics] if metrics else [])
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _fsync_dir(path: Path) -> None:

@@ -5,13 +5,22 @@ Hydra composes ``conf/``; every option file starts from the schema registered he
 fails at composition. ``to_config`` converts the composed ``DictConfig`` once, at the entry
 point, and additionally rejects keys added with ``+`` that the dataclass does not declare
 (OmegaConf would drop them silently).
+
+Fixed choices are ``Choice`` enums (a typo fails at composition, naming the key and the
+allowed values) that compare and store as their plain strings, so the run identity hashes
+what it hashed when they were ``str`` fields. ``validate`` checks every number against its
+stated range (``RANGES``), NaN and infinity, the sweep name and the combinations a task cannot
+run; ``error_line`` shortens Hydra's and OmegaConf's many-line errors to one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
+from enum import Enum, EnumMeta
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -20,6 +29,80 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 class ConfigError(ValueError):
     """A configuration value that cannot be run; the message names the culprit."""
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed choices
+# --------------------------------------------------------------------------------------------
+
+
+class _ChoiceMeta(EnumMeta):
+    # OmegaConf looks a string up by member *name*; a member whose value is not a valid name
+    # (Platform.auto = "") is also found by its value, so YAML may keep writing ''
+    def __getitem__(cls, name):
+        try:
+            return super().__getitem__(name)
+        except KeyError:
+            if isinstance(name, str) and name in cls._value2member_map_:
+                return cls._value2member_map_[name]
+            raise
+
+
+class Choice(str, Enum, metaclass=_ChoiceMeta):
+    """A fixed-choice field: OmegaConf rejects any other value when the config is composed,
+    naming the key and the allowed values. A member is a ``str`` equal to its value (which
+    is its name, but for ``Platform.auto``), so code compares it with plain strings, and
+    ``as_dict`` stores the value: the run identity hashes the same strings as before."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
+
+
+class Level(Choice):
+    sequence = "sequence"  # K full rollouts per prompt
+    token = "token"  # K next-token candidates at each prefix of one rollout
+
+
+class Baseline(Choice):
+    constant = "constant"
+    batch_mean = "batch_mean"
+    expected = "expected"
+    none = "none"
+
+
+class StdEpsMode(Choice):
+    add = "add"  # (s - mean)/(std + ε)
+    sqrt = "sqrt"  # (s - mean)/sqrt(var + ε)
+
+
+class Target(Choice):
+    copy = "copy"
+    flip = "flip"
+    reverse_copy = "reverse_copy"
+    reverse_flip = "reverse_flip"
+
+
+class Reward(Choice):
+    bag_of_tokens = "bag_of_tokens"
+    sequential = "sequential"
+    terminal = "terminal"
+
+
+class Match(Choice):
+    prompts = "prompts"
+    interactions = "interactions"
+
+
+class Platform(Choice):
+    cpu = "cpu"
+    gpu = "gpu"
+    cuda = "cuda"
+    rocm = "rocm"
+    tpu = "tpu"
+    auto = ""  # JAX's own choice (written '' or auto)
 
 
 # --------------------------------------------------------------------------------------------
@@ -37,7 +120,7 @@ class AlgorithmConfig:
 class TPOConfig(AlgorithmConfig):
     eta: float = 1.0  # η, target temperature, Eq. 2 (code: tpo_eta)
     anchor: bool = True  # keep p_old in q ∝ p_old·exp(u/η); False = "TPO no-anchor" (§3.7)
-    level: str = "sequence"  # sequence: K full rollouts | token: K next-token candidates
+    level: Level = Level.sequence  # sequence: K full rollouts | token: K next-token candidates
     std_threshold: float = 1e-6  # σ ≤ this → u = centred scores (App. A; code tpo_skill)
 
 
@@ -52,22 +135,22 @@ class ClippedConfig(AlgorithmConfig):
 
 @dataclass
 class PPOConfig(ClippedConfig):
-    baseline: str = "batch_mean"  # b: constant | batch_mean | expected | none (task protocol)
+    baseline: Baseline = Baseline.batch_mean  # b: constant | batch_mean | expected | none
     baseline_value: float = 0.0  # b when baseline == constant
 
 
 @dataclass
 class GRPOConfig(ClippedConfig):
     std_eps: float = 1e-8  # ε of the group z-score A = (s - mean)/(std + ε)
-    std_eps_mode: str = "add"  # add: std + ε (code default) | sqrt: sqrt(var + ε) (tabular code)
+    std_eps_mode: StdEpsMode = StdEpsMode.add  # add: std + ε (code) | sqrt: sqrt(var + ε) (tabular)
     mask_zero_variance: bool = False  # "GRPO (zv-masked)": drop zero-variance groups (§4.2)
-    level: str = "sequence"  # sequence: K full rollouts | token: K next-token candidates
+    level: Level = Level.sequence  # sequence: K full rollouts | token: K next-token candidates
     std_threshold: float = 1e-6  # σ ≤ this marks a zero-variance group for the mask
 
 
 @dataclass
 class PGConfig(AlgorithmConfig):
-    baseline: str = "batch_mean"  # b: constant | batch_mean | expected | none (task protocol)
+    baseline: Baseline = Baseline.batch_mean  # b: constant | batch_mean | expected | none
     baseline_value: float = 0.0  # b when baseline == constant
 
 
@@ -104,9 +187,9 @@ class CEConfig(AlgorithmConfig):
 class TaskConfig:
     name: str = MISSING  # registry key (tpo_sweeps.tasks.TASKS)
     steps: int = MISSING  # T, training steps (episodes)
-    baseline: str = "batch_mean"  # baseline single-sample methods use in this task's protocol
+    baseline: Baseline = Baseline.batch_mean  # what single-sample methods use in this protocol
     baseline_value: float = 0.0  # its value when baseline == constant
-    grpo_std_eps_mode: str = "add"  # GRPO z-score guard in this task's protocol (add | sqrt)
+    grpo_std_eps_mode: StdEpsMode = StdEpsMode.add  # GRPO z-score guard in this protocol
 
 
 @dataclass
@@ -115,9 +198,9 @@ class TabularSingleConfig(TaskConfig):
     steps: int = 150  # paper Fig 3
     num_actions: int = 100  # K actions of the single context; correct action y* = 0
     batch_size: int = 100  # B actions sampled per step
-    baseline: str = "constant"  # code: A = r - 0.5 for PG and DG
+    baseline: Baseline = Baseline.constant  # code: A = r - 0.5 for PG and DG
     baseline_value: float = 0.5
-    grpo_std_eps_mode: str = "sqrt"  # code: (r - mean)/sqrt(var + 1e-8)
+    grpo_std_eps_mode: StdEpsMode = StdEpsMode.sqrt  # code: (r - mean)/sqrt(var + 1e-8)
 
 
 @dataclass
@@ -127,8 +210,8 @@ class TabularMultiConfig(TaskConfig):
     num_contexts: int = 100  # N contexts
     num_actions: int = 10  # A actions per context; correct action y = 0
     init_std: float = 1.0  # logits ~ N(0, init_std²) per seed
-    baseline: str = "none"  # exact population PG, b = 0
-    grpo_std_eps_mode: str = "sqrt"
+    baseline: Baseline = Baseline.none  # exact population PG, b = 0
+    grpo_std_eps_mode: StdEpsMode = StdEpsMode.sqrt
 
 
 @dataclass
@@ -151,9 +234,11 @@ class ReversalConfig(TaskConfig):
     V: int = 2  # vocabulary size
     B: int = 100  # prompts per episode
     K: int = 8  # group size: full rollouts (sequence level) or token candidates (token level)
-    target: str = "reverse_copy"  # copy | flip | reverse_copy | reverse_flip
-    reward: str = "bag_of_tokens"  # bag_of_tokens | sequential | terminal
-    match: str = "prompts"  # prompts | interactions: single-sample methods get B·K, lr·√K (§5)
+    target: Target = Target.reverse_copy  # copy | flip | reverse_copy | reverse_flip
+    reward: Reward = Reward.bag_of_tokens  # bag_of_tokens | sequential | terminal
+    match: Match = (
+        Match.prompts
+    )  # prompts | interactions: single-sample methods get B·K, lr·√K (§5)
     diagnostics: bool = False  # log §4 diagnostics (grad norm, success/zero-var, weights)
     std_threshold: float = 1e-6  # σ ≤ this counts a group as zero-variance (diagnostics)
     cached_sampler: bool = True  # KV cache; false = re-run the full pass per token (authors')
@@ -169,7 +254,9 @@ class MnistConfig(TaskConfig):
     batch_size: int = 100  # B contexts per step, drawn uniformly with replacement
     eval_every: int = 200  # test error (full test set) after every n steps
     hidden: int = 50  # width of both hidden layers: 784-hidden-hidden-10 ReLU MLP
-    baseline: str = "expected"  # b = Σ_a π(a)² for PG/DG (and the sign of TPO/Group PG's A)
+    baseline: Baseline = (
+        Baseline.expected
+    )  # b = Σ_a π(a)² for PG/DG (and the sign of TPO/Group PG's A)
     data_dir: str = "~/.cache/tpo_sweeps/mnist"  # the four IDX files (python -m tpo_sweeps.data)
     check_md5: bool = True  # require the canonical MNIST files (false: synthetic test data)
     mechanism: bool = False  # log the Fig 5b gain diagnostic per concentration bin at each eval
@@ -229,7 +316,7 @@ class MuonConfig(OptimizerConfig):
 @dataclass
 class HardwareConfig:
     name: str = "cpu"
-    platform: str = "cpu"  # JAX platform: cpu | gpu | "" (JAX's own choice)
+    platform: Platform = Platform.cpu  # JAX platform: cpu | gpu | ... | "" or auto (JAX's choice)
     compilation_cache: str = ""  # directory for JAX's persistent compilation cache; "" = off
     # seeds run in lockstep (vmap) per group, groups one after another (lax.map) inside the
     # same compiled program; 0 = all seeds in one vmap. On a CPU the transformer tasks run
@@ -252,6 +339,9 @@ class HardwareConfig:
 class DBConfig:
     url: str = "sqlite:///results/tpo.sqlite"  # any SQLAlchemy URL (sqlite, postgresql+psycopg)
     busy_timeout_s: float = 30.0  # SQLite: wait this long for a lock before failing
+    # a finished job retries a write that did not get the lock (or the connection) this long
+    # (s), then stores its results in its output dir's results.sqlite (tpo_sweeps merge)
+    retry_s: float = 600.0
     heartbeat_s: float = 60.0  # a running job refreshes runs.heartbeat_at this often (s); 0 = off
     stage: bool = False  # write results.sqlite in each job's output dir, merge into url at end
 
@@ -338,6 +428,10 @@ def register_configs() -> None:
         return
     from tpo_sweeps.campaign import TpoSweeperConf
 
+    # hydra.run.dir and hydra.sweep.dir name their folder after the sweep: a name that is no
+    # safe folder name fails there, before Hydra makes any folder
+    if not OmegaConf.has_resolver("tpo_folder"):
+        OmegaConf.register_new_resolver("tpo_folder", _folder_name)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="hydra/sweeper", name="tpo", node=TpoSweeperConf)
@@ -387,35 +481,187 @@ def to_config(cfg: DictConfig) -> Config:
     return obj
 
 
-def validate(cfg: Config) -> None:
-    """Value checks that a schema type cannot express."""
-    if cfg.num_seeds < 1:
-        raise ConfigError(f"num_seeds must be >= 1, got {cfg.num_seeds}")
-    if cfg.log_every < 1:
-        raise ConfigError(f"log_every must be >= 1, got {cfg.log_every}")
-    if cfg.algorithm.epochs < 1:
-        raise ConfigError(f"algorithm.epochs must be >= 1, got {cfg.algorithm.epochs}")
-    if cfg.task.steps < 1:
-        raise ConfigError(f"task.steps must be >= 1, got {cfg.task.steps}")
-    for key, value in (
-        ("checkpoint.every", cfg.checkpoint.every),
-        ("progress.every", cfg.progress.every),
-    ):
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0 (0 = off), got {value}")
-    baseline = getattr(cfg.algorithm, "baseline", None)
-    if baseline is not None and baseline not in ("constant", "batch_mean", "expected", "none"):
+# a sweep name is a folder name (outputs/<name>/, multirun/<name>/) and a database label
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}")
+MAX_SEED = 2**32 - 1  # seed s is PRNGKey(s) of a uint32: 2**32 would wrap to seed 0
+
+
+def check_name(name: str, key: str = "name") -> None:
+    """A sweep name must be a safe folder name: no separators, no '..', at most 200 chars."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
         raise ConfigError(
-            f"algorithm.baseline='{baseline}' is not one of constant, batch_mean, expected, none"
+            f"{key}={name!r} is not a valid sweep name (letters, digits and _ . + -, "
+            "starting with a letter or digit, no '..', at most 200 characters)"
         )
-    mode = getattr(cfg.algorithm, "std_eps_mode", None)
-    if mode is not None and mode not in ("add", "sqrt"):
-        raise ConfigError(f"algorithm.std_eps_mode='{mode}' is not one of add, sqrt")
+
+
+def _folder_name(name: Any) -> str:
+    check_name(name if isinstance(name, str) else str(name))
+    return name
+
+
+def _finite_floats(node: Any, path: str) -> None:
+    """No float field anywhere in the config may be NaN or infinite."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        where = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value):
+            _finite_floats(value, where)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value}")
+
+
+def _check(cfg: Config, key: str, ok, rule: str) -> None:
+    """``ok(value)`` or a one-line ``ConfigError`` naming ``key``, the rule and the value;
+    a key the chosen options do not have is skipped."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not hasattr(node, part):
+            return
+        node = getattr(node, part)
+    if node is not None and not ok(node):
+        raise ConfigError(f"{key} must be {rule}, got {node!r}")
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _at_least(n):
+    return lambda v: v >= n
+
+
+def _unit(v) -> bool:
+    return 0 <= v < 1
+
+
+# (key, test, rule): checked where the chosen options have the key
+RANGES: list[tuple[str, Any, str]] = [
+    ("num_seeds", _at_least(1), ">= 1"),
+    ("seed", lambda v: 0 <= v <= MAX_SEED, f"in 0..{MAX_SEED} (seed s is PRNGKey(s), uint32)"),
+    ("log_every", _at_least(1), ">= 1"),
+    ("algorithm.epochs", _at_least(1), ">= 1"),
+    ("algorithm.eta", _positive, "> 0"),
+    ("algorithm.clip_eps", _positive, "> 0"),
+    ("algorithm.kl_beta", _at_least(0), ">= 0"),
+    ("algorithm.log_ratio_clamp", _positive, "> 0 (or null: off)"),
+    ("algorithm.std_eps", _positive, "> 0"),
+    ("algorithm.std_threshold", _at_least(0), ">= 0"),
+    ("algorithm.surprisal_clip", _positive, "> 0 (or null: off)"),
+    ("task.steps", _at_least(1), ">= 1"),
+    ("task.num_actions", _at_least(2), ">= 2"),
+    ("task.batch_size", _at_least(1), ">= 1"),
+    ("task.num_contexts", _at_least(1), ">= 1"),
+    ("task.init_std", _at_least(0), ">= 0"),
+    ("task.H", _at_least(2), ">= 2"),
+    ("task.V", _at_least(2), ">= 2"),
+    ("task.B", _at_least(1), ">= 1"),
+    ("task.K", _at_least(1), ">= 1"),
+    ("task.std_threshold", _at_least(0), ">= 0"),
+    ("task.model.d_model", _at_least(1), ">= 1"),
+    ("task.model.num_heads", _at_least(1), ">= 1"),
+    ("task.model.num_layers", _at_least(1), ">= 1"),
+    ("task.model.ffn_mult", _at_least(1), ">= 1"),
+    ("task.eval_every", _at_least(1), ">= 1"),
+    ("task.hidden", _at_least(1), ">= 1"),
+    ("optimizer.alpha", _positive, "> 0"),
+    ("optimizer.eps", _positive, "> 0"),
+    ("optimizer.lr", _positive, "> 0"),
+    ("optimizer.b1", _unit, "in [0, 1)"),
+    ("optimizer.b2", _unit, "in [0, 1)"),
+    ("optimizer.lr_multiplier", _positive, "> 0"),
+    ("optimizer.beta", _unit, "in [0, 1)"),
+    ("optimizer.ns_steps", _at_least(1), ">= 1"),
+    ("optimizer.adam_b1", _unit, "in [0, 1)"),
+    ("optimizer.adam_b2", _unit, "in [0, 1)"),
+    ("optimizer.weight_decay", _at_least(0), ">= 0"),
+    ("hardware.seed_batch", _at_least(0), ">= 0 (0 = all seeds in one vmap)"),
+    ("hardware.seed_streams", _at_least(1), ">= 1"),
+    ("db.url", lambda v: v.strip() != "", "a database URL"),
+    ("db.busy_timeout_s", _positive, "> 0"),
+    ("db.retry_s", _at_least(0), ">= 0"),
+    ("db.heartbeat_s", _at_least(0), ">= 0 (0 = off)"),
+    ("checkpoint.every", _at_least(0), ">= 0 (0 = off)"),
+    ("checkpoint.dir", lambda v: v.strip() != "", "a directory"),
+    ("progress.every", _at_least(0), ">= 0 (0 = off)"),
+    ("progress.sweep_every_s", _at_least(0), ">= 0 (0 = off)"),
+    ("debug.crash_at", _at_least(0), ">= 0 (0 = off)"),
+    ("debug.pause_in_write_s", _at_least(0), ">= 0"),
+]
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that a schema type cannot express: every number in its stated range
+    (``RANGES``), no NaN or infinity, a safe sweep name, and the combinations a task
+    cannot run. Each failure is one ``ConfigError`` line naming the key."""
+    _finite_floats(cfg, "")
+    check_name(cfg.name)
+    for member in cfg.campaign:
+        check_name(member, "campaign")
+    for key, ok, rule in RANGES:
+        _check(cfg, key, ok, rule)
+    if cfg.seed + cfg.num_seeds - 1 > MAX_SEED:
+        raise ConfigError(
+            f"seed + num_seeds - 1 = {cfg.seed + cfg.num_seeds - 1} exceeds {MAX_SEED} "
+            "(seed s is PRNGKey(s), uint32)"
+        )
+    # choices that a plain str could still hold (a config built in code, not composed)
+    for key, kind in (
+        ("algorithm.baseline", Baseline),
+        ("algorithm.std_eps_mode", StdEpsMode),
+        ("algorithm.level", Level),
+        ("task.baseline", Baseline),
+        ("task.grpo_std_eps_mode", StdEpsMode),
+        ("task.target", Target),
+        ("task.reward", Reward),
+        ("task.match", Match),
+        ("hardware.platform", Platform),
+    ):
+        allowed = [m.value for m in kind]
+        _check(cfg, key, lambda v, a=allowed: v in a, f"one of {', '.join(map(repr, allowed))}")
+    task, algo = cfg.task, cfg.algorithm
+    level = getattr(algo, "level", Level.sequence)
+    if level == Level.token and not isinstance(task, ReversalConfig):
+        raise ConfigError(
+            f"algorithm.level=token ({algo.name}) needs task=reversal, got task={task.name}"
+        )
+    if isinstance(task, ReversalConfig):
+        m = task.model
+        if m.d_model % m.num_heads:
+            raise ConfigError(
+                f"task.model.d_model={m.d_model} must be a multiple of "
+                f"task.model.num_heads={m.num_heads}"
+            )
+        if level == Level.token and task.reward == Reward.terminal:
+            raise ConfigError(
+                f"algorithm '{algo.name}' (token level) needs a dense reward, "
+                "got task.reward=terminal"
+            )
+    if isinstance(task, MnistConfig) and task.steps % task.eval_every:
+        raise ConfigError(
+            f"task.steps={task.steps} must be a multiple of task.eval_every={task.eval_every}"
+        )
+    _group_sizes(cfg)
+
+
+def _group_sizes(cfg: Config) -> None:
+    """K >= 2 where the algorithm scores a group of K candidates (token reversal)."""
+    from tpo_sweeps import algorithms as A
+
+    task = cfg.task
+    if isinstance(task, ReversalConfig) and A.layout(cfg.algorithm) != "single" and task.K < 2:
+        raise ConfigError(
+            f"task.K must be >= 2 for {cfg.algorithm.name} (a group of K candidates), got {task.K}"
+        )
+
+
+def _plain(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: (v.value if isinstance(v, Enum) else v) for k, v in items}
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:
-    """Plain-JSON view of a typed config (for hashing and storage)."""
-    return dataclasses.asdict(cfg)
+    """Plain-JSON view of a typed config (for hashing and storage): a choice is its value."""
+    return dataclasses.asdict(cfg, dict_factory=_plain)
 
 
 def from_dict(stored: dict[str, Any]) -> Config:
@@ -445,5 +691,93 @@ def _build(schema: type, values: dict[str, Any], options: dict[str, type] | None
         field_type = (options or {}).get(key, hints[key])
         if isinstance(value, dict) and dataclasses.is_dataclass(field_type):
             value = _build(field_type, value)
+        elif isinstance(field_type, type) and issubclass(field_type, Choice) and value is not None:
+            try:
+                value = field_type[value]
+            except KeyError:
+                raise ConfigError(
+                    f"stored config: '{key}'={value!r} is not one of "
+                    f"{', '.join(repr(m.value) for m in field_type)}"
+                ) from None
         kwargs[key] = value
     return schema(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# One-line errors
+# --------------------------------------------------------------------------------------------
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0].rstrip(".") if lines else ""
+
+
+def _schema_fields(class_name: str) -> list[str] | None:
+    """The fields of the option schema called ``class_name`` (for 'Key x not in Y')."""
+    schemas = [Config, HardwareConfig, DBConfig, DebugConfig, CheckpointConfig, ProgressConfig]
+    schemas += [TransformerConfig] + [s for _, opts in GROUPS.values() for s in opts.values()]
+    for schema in schemas:
+        if schema.__name__ == class_name:
+            return sorted(f.name for f in dataclasses.fields(schema))
+    return None
+
+
+def error_line(e: BaseException) -> str:
+    """One line for an error in a command line or a config: what Hydra and OmegaConf say in
+    10-40 lines (with the ``*_schema`` entries of the config store), shortened to the
+    override or key and the reason, with the available options or values."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(e, MissingConfigException):
+        found = re.search(r"Could not find '([^']+)'", str(e))
+        options = [o for o in (e.options or []) if not o.endswith("_schema") and o[:1] != "_"]
+        if found and "/" in found.group(1):
+            group, _, option = found.group(1).rpartition("/")
+            # `optional scale/task@_global_: ${scale}_${task}` names both choices at once
+            text = f"{group}={option}: no such option"
+            return f"{text} (available: {', '.join(options)})" if options else text
+        return _first_line(str(e))
+    if isinstance(e, OverrideParseException):
+        return f"cannot parse override '{e.override}': {_first_line(e.message)}"
+    cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
+    if cause is None and isinstance(e, OmegaConfBaseException):
+        cause = e
+    if cause is not None:
+        reason = _first_line(str(cause))
+        # a resolver's own error (tpo_folder: an unsafe name) says it all
+        reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", reason)
+        full_key = getattr(cause, "full_key", None)
+        if full_key and str(full_key).startswith("hydra."):
+            full_key = None
+        missing = re.match(r"Key '([^']+)' not in '([^']+)'", reason)
+        if missing:
+            fields = _schema_fields(missing.group(2))
+            if fields:
+                reason += f" (valid: {', '.join(fields)})"
+        merging = re.match(r"Error merging override (.+)", _first_line(str(e)))
+        overriding = re.match(r"Could not override '([^']+)'", _first_line(str(e)))
+        if merging:
+            return f"{merging.group(1)}: {reason}"
+        if overriding:
+            return f"{overriding.group(1)}: {reason}"
+        if full_key and full_key not in reason:
+            return f"{full_key}: {reason}"
+        return reason
+    line = _first_line(str(e))
+    return line or type(e).__name__
+
+
+def is_user_error(e: BaseException) -> bool:
+    """An error in what was asked for (a command line, a config, a URL, a file), which one
+    line explains, rather than a bug, whose traceback is wanted."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(e, (ConfigError, HydraException, OmegaConfBaseException, UserError))
+
+
+class UserError(RuntimeError):
+    """Base of the errors outside the config that one line explains (``db``: a database
+    that cannot be used; a sweep with failed or diverged jobs)."""

@@ -8,8 +8,11 @@ Schema (version ``SCHEMA_VERSION``; created and migrated by Alembic, ``tpo_sweep
   the run named them), status, times, provenance, the computing job (``job_id``, the seeds it
   ran in one program ``job_seeds``, its ``compile_s``/``run_s``) and the error text of a
   failed run. Status is one of ``STATUSES``: pending (created at multirun start), running
-  (``heartbeat_at`` refreshed while it runs), completed, failed, timeout and preempted
-  (SLURM signalled it; a requeue resumes it).
+  (``heartbeat_at`` refreshed while it runs), completed, diverged (its results are stored,
+  but a metric or its training state went non-finite: ``diverged_step`` is the first step
+  where a metric did, and ``error`` says which), failed, timeout and preempted (SLURM
+  signalled it; a requeue resumes it). Completed and diverged are ``FINAL``: the same cell
+  and seed compute the same numbers again, so neither is recomputed.
 * ``sweep_runs``: ``(sweep, run_id)``: every sweep that asked for a run, many-to-many.
 * ``metrics``: ``(run_id, name, step, value)``, primary key on the first three.
 * ``summaries``: ``(run_id, name, value)``, e.g. ``final_error``.
@@ -26,6 +29,7 @@ database at once are safe.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -54,20 +58,31 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2
+from tpo_sweeps.config import UserError
+
+SCHEMA_VERSION = 3
 
 PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
-TIMEOUT, PREEMPTED = "timeout", "preempted"
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, PREEMPTED)
+TIMEOUT, PREEMPTED, DIVERGED = "timeout", "preempted", "diverged"
+STATUSES = (PENDING, RUNNING, COMPLETED, DIVERGED, FAILED, TIMEOUT, PREEMPTED)
 LIVE = (RUNNING, PREEMPTED, TIMEOUT)  # a job may still be writing these
+FINAL = (COMPLETED, DIVERGED)  # results stored; recomputing would give the same numbers
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(UserError):
     """``db.url`` cannot be opened or is not a results database; the message names it."""
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    """A write did not get the database's lock in time (or lost its connection)."""
 
 
 class NoResults(DatabaseUnavailable):
     """``db.url`` opens but holds no tpo-sweeps schema yet (and ``create`` was false)."""
+
+
+class NoSuchFile(NoResults):
+    """``db.url`` is a SQLite file that does not exist (and ``create`` was false)."""
 
 
 class Base(DeclarativeBase):
@@ -119,6 +134,9 @@ class Run(Base):
     versions: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     slurm_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # status diverged: the first step at which a logged metric was non-finite (NULL when only
+    # the final training state was)
+    diverged_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class SweepRun(Base):
@@ -177,26 +195,19 @@ def connect(
     once, at its start; its jobs then pass ``migrate=False`` and only check the version).
     Raises ``DatabaseUnavailable`` with a one-line reason if the URL is malformed, cannot be
     reached, is not a results database, or holds a schema version this code cannot use.
+    A SQLite file is never created where ``create`` is false (read-only commands), nor in a
+    folder that does not exist (but for the default's ``results/``; ``check_url``).
     """
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise DatabaseUnavailable(f"db.url '{url}' is not a database URL") from None
+    parsed = check_url(url, create)
+    where = f"db.url '{display_url(url)}'"
     sqlite = parsed.get_backend_name() == "sqlite"
-    on_disk = sqlite and parsed.database and parsed.database != ":memory:"
-    if on_disk and not create:
-        from pathlib import Path
-
-        if not Path(parsed.database).expanduser().is_file():  # sqlite3 would create it
-            raise NoResults(f"db.url '{display_url(url)}': no such file")
-    if on_disk and create:
-        from pathlib import Path
-
-        try:
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(parsed)
+    if path is not None and create and not path.parent.is_dir():
+        try:  # the default's own folder, results/ under the current one (check_url)
+            path.parent.mkdir()
         except OSError as e:
             raise DatabaseUnavailable(
-                f"db.url '{url}': cannot create {e.filename}: {e.strerror}"
+                f"{where}: cannot create {path.parent}: {e.strerror}"
             ) from None
     try:
         engine = create_engine(
@@ -204,7 +215,7 @@ def connect(
             connect_args={"timeout": busy_timeout_s} if sqlite else {},
         )
     except Exception as e:  # unknown dialect, missing driver
-        raise DatabaseUnavailable(f"db.url '{url}': {_first_line(e)}") from None
+        raise DatabaseUnavailable(f"{where}: {redact(_first_line(e))}") from None
     if sqlite:
         _sqlite_pragmas(engine, busy_timeout_s)
     try:
@@ -214,8 +225,54 @@ def connect(
         raise
     except (OperationalError, DatabaseError) as e:
         engine.dispose()
-        raise DatabaseUnavailable(f"db.url '{url}': {_first_line(e.orig or e)}") from None
+        raise DatabaseUnavailable(f"{where}: {redact(_first_line(e.orig or e))}") from None
     return engine
+
+
+DEFAULT_DIR = "results"  # the folder of the default db.url, made when missing
+
+
+def sqlite_path(parsed):
+    """The file of a SQLite URL (None: another backend, or in memory)."""
+    from pathlib import Path
+
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def check_url(url: str, create: bool = True):
+    """``url`` parsed, or ``DatabaseUnavailable`` naming what is wrong with it, without
+    connecting: not a URL; a SQLite file that is a folder, that does not exist (``create``
+    false: read-only commands), whose folder does not exist (a mistyped path must not become
+    a folder tree anywhere; only the default's ``results/`` under an existing folder is
+    made), or that this process may not write (``create``)."""
+    import os
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUnavailable(f"db.url '{redact(url)}' is not a database URL") from None
+    where = f"db.url '{display_url(url)}'"
+    path = sqlite_path(parsed)
+    if path is None:
+        return parsed
+    if path.is_dir():
+        raise DatabaseUnavailable(f"{where}: {path} is a folder, not a database file")
+    if not create:
+        if not path.is_file():  # sqlite3 would create it
+            raise NoSuchFile(f"{where}: no such file")
+        return parsed
+    from pathlib import Path
+
+    if not path.parent.is_dir():
+        if path.parent != Path(DEFAULT_DIR) or not path.parent.parent.is_dir():
+            raise DatabaseUnavailable(f"{where}: folder {path.parent} does not exist")
+    elif path.exists() and not os.access(path, os.W_OK):
+        raise DatabaseUnavailable(f"{where}: {path} is read-only")
+    elif not os.access(path.parent, os.W_OK):  # SQLite writes a journal beside the file
+        raise DatabaseUnavailable(f"{where}: folder {path.parent} is read-only")
+    return parsed
 
 
 def schema_version(bind: Engine | Connection) -> tuple[int | None, set[str]]:
@@ -231,7 +288,11 @@ def schema_version(bind: Engine | Connection) -> tuple[int | None, set[str]]:
 
 def _check_usable(engine: Engine, version: int | None, tables: set[str]) -> None:
     where = f"db.url '{engine.url!r}'"
-    if version is None and tables & {"runs", "metrics"}:
+    foreign = sorted(tables - OUR_TABLES)
+    if version is None and (
+        tables & {"runs", "metrics"} or (foreign and engine.dialect.name == "sqlite")
+    ):
+        # a SQLite file is one application's: never add our tables to another's
         raise DatabaseUnavailable(
             f"{where} has tables {sorted(tables)} but no schema_info: "
             "not a tpo-sweeps results database"
@@ -241,6 +302,9 @@ def _check_usable(engine: Engine, version: int | None, tables: set[str]) -> None
             f"{where} has results schema version {version}, newer than this tpo-sweeps "
             f"understands ({SCHEMA_VERSION}): upgrade tpo-sweeps"
         )
+
+
+OUR_TABLES = {"runs", "sweep_runs", "metrics", "summaries", "schema_info", "alembic_version"}
 
 
 def _lock_schema(conn: Connection) -> None:
@@ -315,7 +379,17 @@ def display_url(url: str | Engine) -> str:
             hide_password=True
         )
     except ArgumentError:
-        return str(url)
+        return redact(str(url))
+
+
+# the password of scheme://user:password@host, also as Hydra escapes a colon (\:)
+_PASSWORD = re.compile(r"(://[^\s/@:\\]*\\?:)[^\s@]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``***``): for anything printed,
+    logged or stored that may quote a database URL."""
+    return _PASSWORD.sub(r"\1***@", text) if "://" in text else text
 
 
 def _first_line(e: BaseException) -> str:
@@ -381,6 +455,7 @@ def satisfying_runs(
         Run.run_s,
         Run.job_seeds,
         Run.steps,
+        Run.diverged_step,
     )
     out: list[Any] = []
 
@@ -422,7 +497,7 @@ def _upsert(
     conn: Connection, values: dict[str, Any], update_existing: bool, keep_completed: bool = True
 ) -> tuple[int, str]:
     """Insert a run row keyed by ``run_key``; on conflict update it (or leave it alone; a
-    completed row is always left alone when ``keep_completed``).
+    completed or diverged row (``FINAL``) is always left alone when ``keep_completed``).
 
     One statement, so two processes starting the same run at once cannot both insert. Returns
     the run id and its status afterwards. SQLite and PostgreSQL use ``INSERT .. ON CONFLICT``;
@@ -436,7 +511,7 @@ def _upsert(
             stmt = stmt.on_conflict_do_update(
                 index_elements=[Run.run_key],
                 set_=fields,
-                where=(Run.status != COMPLETED) if keep_completed else None,
+                where=Run.status.not_in(FINAL) if keep_completed else None,
             )
         else:
             stmt = stmt.on_conflict_do_nothing(index_elements=[Run.run_key])
@@ -447,7 +522,7 @@ def _upsert(
         ).first()
         if existing is None:
             conn.execute(insert(Run).values(**values))
-        elif update_existing and not (keep_completed and existing.status == COMPLETED):
+        elif update_existing and not (keep_completed and existing.status in FINAL):
             conn.execute(update(Run).where(Run.id == existing.id).values(**values))
     row = conn.execute(select(Run.id, Run.status).where(Run.run_key == values["run_key"])).one()
     return row.id, row.status
@@ -536,21 +611,25 @@ def finish_runs(
     seeds: np.ndarray,
     extra: dict[str, Any] | None = None,
     before_commit: Callable[[], None] | None = None,
+    diverged: dict[int, tuple[int | None, str]] | None = None,
 ) -> int | None:
     """Write a job's metrics and summaries and mark its runs completed: one transaction, in
     bulk. ``run_ids``: seed -> run id; row ``i`` of every array is seed ``seeds[i]``.
+    ``diverged``: seed -> (first non-finite step or None, what went non-finite): those runs
+    are stored with their values (non-finite ones as NULL) and status ``diverged``.
 
-    A run completed meanwhile by another job is left as that job wrote it (exactly once).
-    Returns the number of metric rows written, or None when every run was already completed.
-    ``before_commit`` runs inside the transaction just before the commit (tests use it to
-    kill a job mid-write).
+    A run completed (or diverged) meanwhile by another job is left as that job wrote it
+    (exactly once). Returns the number of metric rows written, or None when every run was
+    already final. ``before_commit`` runs inside the transaction just before the commit
+    (tests use it to kill a job mid-write).
     """
+    diverged = diverged or {}
     with engine.begin() as conn:
         status = _lock_runs(conn, list(run_ids.values()))
         todo = {
             i: run_ids[int(s)]
             for i, s in enumerate(seeds)
-            if int(s) in run_ids and status.get(run_ids[int(s)]) != COMPLETED
+            if int(s) in run_ids and status.get(run_ids[int(s)]) not in FINAL
         }
         if not todo:
             return None
@@ -576,26 +655,53 @@ def finish_runs(
         if summary_rows:
             conn.execute(insert(Summary), summary_rows)
         now = _now()
-        conn.execute(
-            update(Run)
-            .where(Run.id.in_(ids))
-            .values(
-                status=COMPLETED, finished_at=now, heartbeat_at=now, error=None, **(extra or {})
+        done = dict(status=COMPLETED, finished_at=now, heartbeat_at=now, error=None)
+        bad = {
+            todo[i]: diverged[int(s)]
+            for i, s in enumerate(seeds)
+            if i in todo and int(s) in diverged
+        }
+        good = [i for i in ids if i not in bad]
+        if good:
+            conn.execute(
+                update(Run)
+                .where(Run.id.in_(good))
+                .values(**done, diverged_step=None, **(extra or {}))
             )
-        )
+        for run_id, (step, what) in bad.items():
+            conn.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(
+                    **{
+                        **done,
+                        **(extra or {}),
+                        "status": DIVERGED,
+                        "diverged_step": step,
+                        "error": divergence_text(step, what),
+                    }
+                )
+            )
         if before_commit is not None:
             before_commit()
     return len(metric_rows)
 
 
+def divergence_text(step: int | None, what: str) -> str:
+    """The ``error`` text of a diverged run."""
+    if step is None:
+        return f"diverged: {what} non-finite at the end (every logged metric finite)"
+    return f"diverged: {what} non-finite at step {step}"
+
+
 def fail_runs(engine: Engine, run_ids: list[int], error: str, status: str = FAILED) -> None:
-    """Mark runs failed (or timeout / preempted) with the error text, unless completed."""
+    """Mark runs failed (or timeout / preempted) with the error text, unless final."""
     now = _now()
     with engine.begin() as conn:
         conn.execute(
             update(Run)
-            .where(Run.id.in_(run_ids), Run.status != COMPLETED)
-            .values(status=status, finished_at=now, heartbeat_at=now, error=error)
+            .where(Run.id.in_(run_ids), Run.status.not_in(FINAL))
+            .values(status=status, finished_at=now, heartbeat_at=now, error=redact(error))
         )
 
 

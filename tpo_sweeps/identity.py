@@ -122,7 +122,7 @@ def resolve(cfg: C.Config) -> C.Config:
                 raise C.ConfigError("task.match=interactions needs an optimizer with an lr")
             opt = dataclasses.replace(opt, lr=opt.lr * lr_scale)
         K = None if layout == "single" else task.K
-        task = dataclasses.replace(task, B=B, K=K, match="prompts")
+        task = dataclasses.replace(task, B=B, K=K, match=C.Match.prompts)
     return dataclasses.replace(cfg, algorithm=algo_cfg, task=task, optimizer=opt)
 
 

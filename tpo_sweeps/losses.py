@@ -195,6 +195,12 @@ def clipped_surrogate_loss(
 
     At the first epoch ``r = 1``: the KL term and its gradient vanish and the gradient equals
     REINFORCE's, ``-Σ A ∇logp``.
+
+    With ``β = 0`` (PPO, GRPO no-KL) the KL term is exactly 0, also where it is undefined: a
+    log-prob that drops by more than ~89 nats within an update (no clamp, float32) makes
+    ``exp(-ρ)`` infinite and ``0·kl`` NaN, in the loss and its gradient. The KL is evaluated
+    at ``ρ = 0`` there instead (a ``where`` on the input, so no NaN reaches the gradient
+    either); for ``β ≠ 0`` nothing changes.
     """
     rho = logp - sg(logp_old)
     if log_ratio_clamp is not None:
@@ -202,7 +208,8 @@ def clipped_surrogate_loss(
     ratio = jnp.exp(rho)
     adv = sg(adv)
     surr = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
-    kl = jnp.exp(-rho) + rho - 1.0
+    rho_kl = jnp.where(kl_beta == 0, 0.0, rho)
+    kl = jnp.exp(-rho_kl) + rho_kl - 1.0
     return -_row_sum(surr - kl_beta * kl, weight)
 
 

@@ -33,13 +33,16 @@ from tpo_sweeps.store import STAGED_STORE
 
 
 def find_stores(paths: Iterable[Path]) -> list[Path]:
-    """Staged stores: the files given, and every ``results.sqlite`` under the directories."""
+    """Staged stores: the files given, and every ``results.sqlite`` under the directories.
+    Raises ``FileNotFoundError`` (one line) for a path that does not exist."""
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
             out.extend(sorted(p.rglob(STAGED_STORE)))
         elif p.exists():
             out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
     return out
 
 
@@ -58,9 +61,10 @@ def put_run(
 
     ``run``: the row's ``RUN_COLUMNS``; ``sweeps``: the sweeps that asked for it (none given:
     its own ``sweep``); ``results()``: its metric rows ``(name, step, value)`` and summary rows
-    ``(name, value)``, called only when the run is completed and written. A completed run
-    already there is left alone and only gains the sweep links. Otherwise the row replaces the
-    one there, with its metrics and summaries (none for a run that is not completed).
+    ``(name, value)``, called only when the run is completed (or diverged: ``db.FINAL``) and
+    written. A completed run already there is left alone and only gains the sweep links (so
+    is a diverged one, unless the run given completed). Otherwise the row replaces the one
+    there, with its metrics and summaries (none for a run that is not final).
     Non-finite values are stored as NULL, as ``db.finish_runs`` stores them.
 
     Call it inside a write transaction, one per run: a concurrent job then waits for one run's
@@ -72,17 +76,21 @@ def put_run(
     current = conn.execute(
         select(db.Run.id, db.Run.status).where(db.Run.run_key == run["run_key"]).with_for_update()
     ).first()
-    if current is not None and current.status == db.COMPLETED:
+    if current is not None and (
+        current.status == db.COMPLETED
+        or (current.status == db.DIVERGED and run["status"] != db.COMPLETED)
+    ):
         for sweep in sweeps:
             db.link(conn, sweep, [current.id])
-        return "already completed"
-    run_id, _ = db._upsert(conn, {k: run[k] for k in RUN_COLUMNS}, update_existing=True)
+        return f"already {current.status}"
+    row = {k: run.get(k) for k in RUN_COLUMNS}  # diverged_step: None from an older store
+    run_id, _ = db._upsert(conn, row, update_existing=True, keep_completed=False)
     for sweep in sweeps:
         db.link(conn, sweep, [run_id])
     # a run that was pending, running or failed here may have partial rows of its own
     conn.execute(delete(M).where(M.run_id == run_id))
     conn.execute(delete(S).where(S.run_id == run_id))
-    if run["status"] == db.COMPLETED:
+    if run["status"] in db.FINAL:
         metrics, summaries = results()
         metric_rows = [
             {
@@ -131,11 +139,13 @@ def merge_store(src: Engine, dst: Engine) -> Counter:
 
 
 def merge(paths: Iterable[Path], url: str, busy_timeout_s: float = 30.0) -> Counter:
-    """Merge every staged store under ``paths`` into ``url``; returns counts by outcome."""
+    """Merge every staged store under ``paths`` into ``url``; returns counts by outcome.
+    Raises ``FileNotFoundError`` for a path that does not exist (before opening ``url``)."""
     total: Counter = Counter()
+    stores = find_stores(paths)
     dst = db.connect(url, busy_timeout_s)
     try:
-        for store in find_stores(paths):
+        for store in stores:
             src = db.connect(f"sqlite:///{store.resolve()}", busy_timeout_s, create=False)
             try:
                 total.update(merge_store(src, dst))
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         counts = merge(args.paths, args.db)
-    except db.DatabaseUnavailable as e:
+    except (db.DatabaseUnavailable, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     found = sum(counts.values())

@@ -122,7 +122,7 @@ def make_plan(sweep: S.Sweep, costs: Costs) -> tuple[list[Row], Row, dict]:
             pair = (cell.ident.cell, s)
             row.seeds += 1
             row.asked += steps
-            done = cell.seed_status.get(s) == db.COMPLETED
+            done = cell.seed_status.get(s) in db.FINAL  # a diverged seed is not recomputed
             row.stored += steps if done else 0
             row.shared += steps if len(askers[pair]) > 1 else 0
             if pair in counted:
@@ -183,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         sweep = S.expand(args.overrides)
-    except Exception as e:  # unknown preset or scale, bad override: Hydra's message names it
-        print(f"error: {db._first_line(e)}", file=sys.stderr)
+    except Exception as e:  # unknown preset or scale, bad override: one line naming it
+        if not C.is_user_error(e):
+            raise
+        print(f"error: {db.redact(C.error_line(e))}", file=sys.stderr)
         return 2
     url = args.db or sweep.db_url
     try:

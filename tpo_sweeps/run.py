@@ -21,7 +21,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tpo_sweeps import config as C
 from tpo_sweeps import db, identity
@@ -53,8 +53,8 @@ def _configure_jax(hw: C.HardwareConfig, x64: bool) -> None:
     import jax
 
     jax.config.update("jax_enable_x64", x64)
-    if hw.platform:
-        jax.config.update("jax_platforms", hw.platform)
+    if str(hw.platform):  # "" (auto): JAX's own choice
+        jax.config.update("jax_platforms", str(hw.platform))
     if hw.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(hw.compilation_cache))
 
@@ -75,7 +75,10 @@ def _job_dir() -> Path:
 
 def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
     """Run one job: resolve its cell, skip the seeds already stored, train the missing ones in
-    one compiled program, store them. Returns a small status dict.
+    one compiled program, store them. Returns a small status dict: ``status`` is completed,
+    skipped (every seed was stored), diverged (some seed's run went non-finite: ``diverged``
+    maps it to what did, and where; its results are stored, status diverged) or staged (the
+    database stayed locked: the results are in ``staged_to``, for ``tpo_sweeps merge``).
 
     Writes go to ``db.url`` (or, with ``db.stage``, to ``results.sqlite`` in the job's output
     directory). Inside a multirun the schema was created or migrated by the multirun's start
@@ -86,10 +89,16 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
     with RunStore.for_job(cfg, _job_dir(), _in_multirun()) as store:
         stored = store.stored(ident) if cfg.skip_completed else {}
         store.link(cfg.name, list(stored.values()))
+        # a diverged seed is stored too: the same cell and seed diverge again
+        was_diverged = {
+            s: r.error or "diverged"
+            for s, r in store.found.items()
+            if s in stored and r.status == db.DIVERGED
+        }
         todo = [s for s in ident.seeds if s not in stored]
         if not todo:
             log.info("skip: all %d seed(s) of cell %s are stored", len(stored), ident.cell[:12])
-            return {"status": "skipped", "run_ids": stored}
+            return _stored_outcome(ident, stored, was_diverged)
         if stored:
             log.info(
                 "cell %s: %d seed(s) stored, computing %d", ident.cell[:12], len(stored), len(todo)
@@ -100,7 +109,7 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
         )
         if not seeds:
             log.info("skip: cell %s was completed by another job meanwhile", ident.cell[:12])
-            return {"status": "skipped", "run_ids": stored}
+            return _stored_outcome(ident, stored, was_diverged)
         beat = Heartbeat(store.heartbeat, cfg.db.heartbeat_s)
 
         def on_term() -> None:  # SIGTERM: SLURM will SIGKILL after KillWait; say so now
@@ -118,7 +127,18 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
                 )
             except BaseException as e:
                 status = signals.status if isinstance(e, SystemExit) else None
-                store.fail("".join(traceback.format_exception(e)).strip(), status or db.FAILED)
+                text = "".join(traceback.format_exception(e)).strip()
+                store.fail(text, status or db.FAILED)
+                if _in_multirun() and not isinstance(e, (SystemExit, KeyboardInterrupt)):
+                    # the job's own log keeps what went wrong (the sweeper sums up in one
+                    # line): one line for an error in what was asked for, else the traceback
+                    log.error(
+                        "cell %s %s/%s failed: %s",
+                        ident.cell[:12],
+                        cfg.algorithm.name,
+                        cfg.task.name,
+                        C.error_line(e) if C.is_user_error(e) else text,
+                    )
                 raise
         if ckpt is not None and not cfg.checkpoint.keep:
             ckpt.clear()
@@ -128,6 +148,7 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
                 "cell %s was completed by another job meanwhile; kept that result", ident.cell[:12]
             )
             return {"status": "skipped", "run_ids": run_ids}
+        where = store.staged_to or db.display_url(store.url)
         log.info(
             "cell %s %s/%s: %d seed(s), compile %.2fs, run %.2fs, %d metric rows -> %s%s",
             ident.cell[:12],
@@ -137,16 +158,47 @@ def run_job(cfg: C.Config, overrides: list[str] | None = None) -> dict:
             result.compile_s,
             result.run_s,
             rows,
-            db.display_url(store.url),
+            where,
             f" (resumed at point {resumed_from})" if resumed_from else "",
         )
+        diverged = dict(was_diverged)
+        for seed, (step, what) in sorted(result.diverged.items()):
+            diverged[seed] = db.divergence_text(step, what)
+            log.warning(
+                "cell %s %s/%s seed %d %s; stored with status diverged",
+                ident.cell[:12],
+                cfg.algorithm.name,
+                cfg.task.name,
+                seed,
+                diverged[seed],
+            )
+        status = "staged" if store.staged_to else db.DIVERGED if diverged else db.COMPLETED
         return {
-            "status": "completed",
+            "status": status,
             "run_ids": run_ids,
             "seeds": seeds,
             "summary": result.summary,
             "resumed_from": resumed_from,
+            "diverged": diverged,
+            "staged_to": str(store.staged_to) if store.staged_to else None,
         }
+
+
+def _stored_outcome(ident: identity.Identity, stored: dict, diverged: dict) -> dict:
+    """The status dict of a job whose seeds were all stored already."""
+    if diverged:
+        log.warning(
+            "cell %s: %d stored seed(s) diverged (rerun with skip_completed=false to recompute)",
+            ident.cell[:12],
+            len(diverged),
+        )
+        return {
+            "status": db.DIVERGED,
+            "run_ids": stored,
+            "seeds": sorted(stored),
+            "diverged": diverged,
+        }
+    return {"status": "skipped", "run_ids": stored}
 
 
 def _train(cfg: C.Config, ident: identity.Identity, seed_list: list[int], signals: SlurmSignals):
@@ -228,43 +280,187 @@ def _pause_in_write(seconds: float) -> None:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_main(dcfg: DictConfig) -> dict:
+    redact_logs()  # again here: a submitit job process does not run main()
     try:
-        cfg = C.to_config(dcfg)
-    except C.ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+        return _job(dcfg)
+    except Exception as e:
+        # a single job: one line, before Hydra logs "Error executing job" around it; in a
+        # multirun the job fails (stored) and the sweeper sums up at the end
+        if _in_multirun() or _FULL_ERROR or not C.is_user_error(e):
+            raise
+        raise SystemExit(f"error: {db.redact(C.error_line(e))}") from None
+
+
+_FULL_ERROR = False  # HYDRA_FULL_ERROR=1 was set: tracebacks for every error
+
+
+def _job(dcfg: DictConfig) -> dict:
+    cfg = C.to_config(dcfg)
+    _not_a_campaign(cfg)
+    scrub_hydra_files(_job_dir())
+    out = run_job(cfg)
+    if not _in_multirun():  # a multirun's sweeper sums its jobs up at the end
+        if out["status"] == db.DIVERGED:
+            raise Diverged(_diverged_line(cfg, out))
+        if out["status"] == "staged":
+            raise C.UserError(
+                f"{db.display_url(cfg.db.url)} stayed locked; the results are in "
+                f"{out['staged_to']}: python -m tpo_sweeps merge {out['staged_to']} "
+                f"--db {db.display_url(cfg.db.url)}"
+            )
+    return out
+
+
+def redact_logs() -> None:
+    """Mask database passwords in every log record of this process: Hydra's launchers log
+    each job's overrides, ``db.url`` included (idempotent)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report
+            return record
+        clean = db.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+def scrub_hydra_files(folder: Path) -> None:
+    """Mask a database password in the files Hydra wrote for this job (``.hydra/*.yaml``:
+    the overrides and the config hold ``db.url`` as given)."""
+    for path in sorted((folder / ".hydra").glob("*.yaml")):
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        clean = db.redact(text)
+        if clean != text:
+            path.write_text(clean)
+
+
+class Diverged(C.UserError):
+    """A job's result is stored, but some seed's loss or metrics went non-finite."""
+
+
+def _diverged_line(cfg: C.Config, out: dict) -> str:
+    seed, text = min(out["diverged"].items())
+    text = text.removeprefix("diverged: ")
+    n = len(set(out["seeds"]) | set(out["run_ids"]))
+    return (
+        f"{len(out['diverged'])} of {n} seed(s) of {cfg.algorithm.name}/{cfg.task.name} "
+        f"diverged (seed {seed}: {text}); stored with status diverged"
+    )
+
+
+def preflight(argv: list[str]) -> None:
+    """Check a single job's command line before Hydra makes its output folder: compose and
+    validate its config, resolve its identity and its output folder, and open ``db.url``
+    (creating or migrating it, as the job would). Raises what the job would; a no-op for a
+    multirun (its sweeper composes every cell and opens the database before anything is
+    made) and for Hydra's own flags."""
+    if not argv or any(a.startswith("-") for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(o.is_sweep_override() for o in OverridesParser.create().parse_overrides(argv)):
+        return  # Hydra refuses a sweep without -m, in its own words
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        dcfg = compose(config_name="config", overrides=argv, return_hydra_config=True)
+        str(dcfg.hydra.run.dir)  # the folder a name refused by tpo_folder would make
+    GlobalHydra.instance().clear()
+    with open_dict(dcfg):
+        del dcfg["hydra"]
+    cfg = C.to_config(dcfg)
+    _not_a_campaign(cfg)
+    identity.identify(cfg)
+    if not cfg.db.stage:  # staged: the job writes its own store, and reads url if it can
+        # what the job opens first: a database that is not usable fails here, one line
+        db.connect(cfg.db.url, cfg.db.busy_timeout_s).dispose()
+
+
+def _not_a_campaign(cfg: C.Config) -> None:
     if cfg.campaign:
-        raise SystemExit(
-            f"error: '{cfg.name}' is a campaign of presets ({', '.join(cfg.campaign)}): launch it "
+        raise C.ConfigError(
+            f"'{cfg.name}' is a campaign of presets ({', '.join(cfg.campaign)}): launch it "
             "with -m, or see what it computes with 'python -m tpo_sweeps plan <overrides>'"
         )
-    try:
-        return run_job(cfg)
-    except (C.ConfigError, db.DatabaseUnavailable) as e:
-        raise SystemExit(f"error: {e}") from None
+
+
+def help_text() -> str:
+    """``python -m tpo_sweeps --help``: the subcommands and the config groups' options."""
+    conf = Path(config_dir())
+    groups = []
+    for group in sorted(p for p in conf.iterdir() if p.is_dir()):
+        options = sorted(f.stem for f in group.glob("*.yaml") if not f.stem.startswith("_"))
+        if options:
+            groups.append(f"  {group.name + '=':<12} {', '.join(options)}")
+    commands = [f"  {name:<8} {doc}" for name, (_, _, doc) in COMMANDS.items()]
+    return "\n".join(
+        [
+            "usage: python -m tpo_sweeps [-m] [group=option ...] [key=value ...]",
+            "       python -m tpo_sweeps <command> [--help] ...",
+            "",
+            "Runs one config cell (or, with -m, a sweep or campaign) and stores every seed in",
+            "db.url. Print the resolved config with --cfg job; Hydra's own options: --hydra-help.",
+            "",
+            "commands:",
+            *commands,
+            "",
+            "config groups (group=option):",
+            *groups,
+            "",
+            "e.g. python -m tpo_sweeps -m experiment=fig3_tabular_single scale=smoke",
+        ]
+    )
 
 
 def main() -> None:
-    # Hydra's own messages for bad overrides already name the key; keep them short
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    if len(sys.argv) > 1 and sys.argv[1] in ("--version",):
+    # Hydra re-raises instead of printing its 10-40 lines: errors in what was asked for are
+    # one line here; a bug keeps its traceback (as it does with HYDRA_FULL_ERROR=1 set)
+    global _FULL_ERROR
+    full_error = _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    redact_logs()
+    argv = sys.argv[1:]
+    if argv[:1] == ["--version"]:
         from tpo_sweeps import __version__
 
         print(__version__)
         return
-    if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
-        module, func = COMMANDS[sys.argv[1]]
-        sys.exit(getattr(importlib.import_module(module), func)(sys.argv[2:]))
-    _hydra_main()
+    if argv[:1] in (["--help"], ["-h"]):
+        print(help_text())
+        return
+    if argv[:1] and argv[0] in COMMANDS:
+        module, func, _ = COMMANDS[argv[0]]
+        sys.exit(getattr(importlib.import_module(module), func)(argv[1:]))
+    try:
+        preflight(argv)
+        _hydra_main()
+    except Exception as e:
+        if full_error or not C.is_user_error(e):
+            raise
+        raise SystemExit(f"error: {db.redact(C.error_line(e))}") from None
 
 
 # `python -m tpo_sweeps <command> ...`: results bookkeeping beside the Hydra entry point
 COMMANDS = {
-    "status": ("tpo_sweeps.status", "main"),  # a sweep's cells by status; --relaunch
-    "merge": ("tpo_sweeps.merge", "main"),  # staged per-job stores -> db.url
-    "migrate": ("tpo_sweeps.merge", "migrate_main"),  # create/migrate the schema once
-    "plan": ("tpo_sweeps.plan", "main"),  # what a sweep or campaign will compute and cost
-    "export": ("tpo_sweeps.bundle", "export_main"),  # completed runs -> bundle files
-    "import": ("tpo_sweeps.bundle", "import_main"),  # bundle files -> db.url (idempotent)
+    "status": ("tpo_sweeps.status", "main", "a sweep's cells by status; --relaunch the rest"),
+    "plan": ("tpo_sweeps.plan", "main", "what a sweep or campaign computes and costs"),
+    "merge": ("tpo_sweeps.merge", "main", "staged per-job stores -> db.url"),
+    "migrate": ("tpo_sweeps.merge", "migrate_main", "create or migrate the schema, once"),
+    "export": ("tpo_sweeps.bundle", "export_main", "completed runs -> bundle files"),
+    "import": ("tpo_sweeps.bundle", "import_main", "bundle files -> db.url (idempotent)"),
 }
 
 

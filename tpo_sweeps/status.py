@@ -4,9 +4,12 @@ Give it the same overrides as the multirun (``-m`` is accepted and ignored). It 
 sweep as Hydra would, hashes every cell like its job does, and looks the hashes up in the
 results database: each cell is missing, pending, running, dead (running, but no heartbeat for
 ``--stale-after`` seconds: the job was killed, ran out of memory, or lost its node), completed,
-failed, timeout or preempted. ``--relaunch`` prints the multirun commands that run only the
-missing, failed, timed-out and dead cells (``--run`` runs them); ``--mark-dead`` stores dead
-runs as failed. Exit status: 0 when every cell is completed, 1 otherwise.
+diverged (stored, but some seed's metrics went non-finite: the error column says where; not
+relaunched, since the same seed diverges again), failed, timeout or preempted.
+``--relaunch`` prints the multirun commands that run only the missing, failed, timed-out
+and dead cells (``--run`` runs them); ``--mark-dead`` stores dead runs as failed. Exit
+status: 0 when every cell is completed, 1 otherwise (a diverged cell too), 2 for bad input
+(a ``--db`` that does not exist included: status never creates a database).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tpo_sweeps import config as C
 from tpo_sweeps import db
 from tpo_sweeps import sweep as S
 
@@ -60,10 +64,18 @@ def _last_line(error: str | None) -> str | None:
 
 def _refresh(sweep: S.Sweep, args: argparse.Namespace, mark_dead: bool) -> str | None:
     """Look the cells up in the database(s); returns an error message or None."""
+    url = args.db or sweep.db_url
     try:
-        engines = S.open_databases(args.db or sweep.db_url, [Path(d) for d in args.staged])
+        # a --db that does not exist is a typo; the sweep's own db.url may not exist yet
+        engines = S.open_databases(url, [Path(d) for d in args.staged], must_exist=bool(args.db))
     except db.DatabaseUnavailable as e:
         return str(e)
+    try:
+        db.check_url(url, create=False)
+    except db.NoSuchFile as e:
+        print(f"note: {e} (nothing stored yet)", file=sys.stderr)
+    except db.DatabaseUnavailable:
+        pass
     try:
         S.refresh(sweep, engines, args.stale_after)
         if mark_dead and engines:
@@ -85,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print("note: no experiment=<id> given; describing the default config", file=sys.stderr)
     try:
         sweep = S.expand(args.overrides)
-    except Exception as e:  # bad override, unknown experiment: Hydra's message names it
-        print(f"error: {db._first_line(e)}", file=sys.stderr)
+    except Exception as e:  # bad override, unknown experiment: one line naming it
+        if not C.is_user_error(e):
+            raise
+        print(f"error: {db.redact(C.error_line(e))}", file=sys.stderr)
         return 2
     error = _refresh(sweep, args, args.mark_dead)
     if error:

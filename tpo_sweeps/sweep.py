@@ -61,7 +61,8 @@ class Cell:
 
 
 # how a cell's seed statuses sum up, most urgent first: a cell is running while any seed
-# runs, failed while any failed, ... and completed only when every seed is
+# runs, failed while any failed, ..., diverged when every seed is stored but some diverged,
+# and completed only when every seed is
 _PRECEDENCE = (
     db.RUNNING,
     db.PREEMPTED,
@@ -70,6 +71,7 @@ _PRECEDENCE = (
     db.TIMEOUT,
     db.PENDING,
     MISSING,
+    db.DIVERGED,
     db.COMPLETED,
 )
 
@@ -214,7 +216,8 @@ def _sweep(primary, batch: list[list[str]], hydra_args: list[str]) -> Sweep:
 
 def refresh(sweep: Sweep, engines: list, stale_after_s: float | None = None) -> Sweep:
     """Fill each cell's per-seed status from the databases: a seed is completed when any
-    database holds a completed run serving it (``identity.satisfies``); otherwise it takes
+    database holds a completed run serving it (``identity.satisfies``), diverged when the
+    runs serving it are stored but diverged (``db.FINAL``); otherwise it takes
     the status of the run with its own run key, else of one that would serve it (later
     engines win), and a live status whose heartbeat is older than ``stale_after_s``
     (default: 3 heartbeats + 60 s) becomes ``dead``. A cell's status sums its seeds'
@@ -239,11 +242,14 @@ def refresh(sweep: Sweep, engines: list, stale_after_s: float | None = None) -> 
                 for r in candidates
                 if r.seed == seed and I.satisfies(db.extras_of(r), cell.ident.extras)
             ]
-            done = [r for r in serving if r.status == db.COMPLETED]
+            done = [r for r in serving if r.status in db.FINAL]
             # its own row, else one a job with more extras will fill (campaign.unique_jobs)
             own = [r for r in serving if r.run_key == key] or serving
             if done:
-                row, status = max(done, key=recency), db.COMPLETED
+                row = max(done, key=recency)  # a completed one over a diverged one
+                status = row.status
+                if status == db.DIVERGED:
+                    cell.error = cell.error or row.error
             elif own:
                 row, status = own[-1], own[-1].status
                 if status in db.LIVE and row.heartbeat_at is not None:
@@ -263,17 +269,29 @@ def refresh(sweep: Sweep, engines: list, stale_after_s: float | None = None) -> 
     return sweep
 
 
-def open_databases(url: str, staged: list[Path]) -> list:
+def open_databases(url: str, staged: list[Path], must_exist: bool = False) -> list:
     """Engines on the main database (none if nothing was written to it yet) and on the
-    staged per-job stores (``db.stage=true``) under the directories ``staged``."""
+    staged per-job stores (``db.stage=true``) under the directories ``staged``. Read only:
+    nothing is created or migrated. ``must_exist``: a SQLite file that is not there is an
+    error (a mistyped ``--db``), not a database where every cell is missing. Raises
+    ``db.DatabaseUnavailable`` (a staged path that does not exist too)."""
     from tpo_sweeps.merge import find_stores
 
     engines = []
     try:
         engines.append(db.connect(url, create=False, migrate=False))
+    except db.NoSuchFile:
+        if must_exist:
+            raise
     except db.NoResults:
         pass
-    for store in find_stores(staged):
+    try:
+        stores = find_stores(staged)
+    except FileNotFoundError as e:
+        for engine in engines:
+            engine.dispose()
+        raise db.DatabaseUnavailable(str(e)) from None
+    for store in stores:
         engines.append(db.connect(f"sqlite:///{store}", create=False, migrate=False))
     return engines
 

@@ -36,6 +36,9 @@ class Program:
     step: Callable[[Any, Array], tuple[Any, dict[str, Array]]]  # (carry, t) -> carry, metrics
     num_points: int  # T, logged points per run
     steps: dict[str, np.ndarray]  # metric -> true training step of each of its T points
+    # metrics that are NaN by design where undefined (a diagnostic that does not apply, a
+    # bin with no examples): not a sign of divergence
+    may_be_nan: frozenset[str] = frozenset()
 
     def train(self, key: Array) -> dict[str, Array]:
         """The whole run for one seed: ``{metric: [T]}`` (pure; jit/vmap it)."""
@@ -51,6 +54,9 @@ class Result:
     summary: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [S]
     compile_s: float = 0.0
     run_s: float = 0.0
+    # seed -> (first step at which a metric was non-finite, or None; what was): the seeds
+    # whose run diverged (``divergence``)
+    diverged: dict[int, tuple[int | None, str]] = field(default_factory=dict)
 
 
 def seed_keys(seeds: np.ndarray) -> Array:
@@ -163,7 +169,37 @@ def run(
         metrics[name] = values[:, idx]
         steps[name] = np.asarray(program.steps[name])[idx]
     summary = {f"final_{name}": v[:, -1] for name, v in full.items()}
-    return Result(seeds, metrics, steps, summary, compile_s, run_s)
+    diverged = divergence(program, full, carry, seeds)
+    return Result(seeds, metrics, steps, summary, compile_s, run_s, diverged)
+
+
+def divergence(
+    program: Program, full: dict[str, np.ndarray], carry, seeds: np.ndarray
+) -> dict[int, tuple[int | None, str]]:
+    """The seeds whose run diverged: ``seed -> (step, what)``, the first step at which one of
+    its metrics (every point, before ``log_every`` thins them; not ``may_be_nan``) is NaN or
+    infinite, or ``(None, "training state")`` when only its final parameters or optimiser
+    state are (between logged points, or hidden by a metric such as an argmax error, which
+    stays finite on NaN logits). Read from what the program returns; nothing is recomputed."""
+    out: dict[int, tuple[int | None, str]] = {}
+    for name in sorted(full):
+        if name in program.may_be_nan:
+            continue
+        bad = ~np.isfinite(np.asarray(full[name], dtype=np.float64))  # [S, T]
+        for i in np.flatnonzero(bad.any(axis=1)):
+            step = int(np.asarray(program.steps[name])[int(np.argmax(bad[i]))])
+            seed = int(seeds[i])
+            if seed not in out or step < out[seed][0]:
+                out[seed] = (step, name)
+    finite = np.ones(len(seeds), dtype=bool)
+    for leaf in jax.tree_util.tree_leaves(carry):
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):  # PRNG keys, step counters
+            continue
+        values = np.asarray(leaf).reshape(len(seeds), -1)
+        finite &= np.isfinite(values).all(axis=1)
+    for i in np.flatnonzero(~finite):
+        out.setdefault(int(seeds[i]), (None, "training state"))
+    return out
 
 
 def map_seeds(fn: Callable, xs, seed_batch: int = 1, streams: int = 1):

@@ -2,7 +2,8 @@
 the current schema, on a connection the caller already holds.
 
 The revisions live in ``versions/``: ``0001`` is the v1 schema, frozen as the v1 code created
-it; ``0002`` migrates v1 to v2, re-keying every run by its identity (``tpo_sweeps.identity``).
+it; ``0002`` migrates v1 to v2, re-keying every run by its identity (``tpo_sweeps.identity``);
+``0003`` adds ``runs.diverged_step`` (v3: the ``diverged`` status).
 Alembic is configured here, in code: the package carries its own ``env.py`` and
 ``script.py.mako`` and needs no ``alembic.ini``, so an installed wheel migrates as a checkout
 does.
@@ -45,7 +46,7 @@ log = logging.getLogger("tpo_sweeps.migrations")
 HERE = Path(__file__).resolve().parent
 
 # schema_info.version -> the Alembic revision at which a database of that version stands
-REVISIONS = {1: "0001", 2: "0002"}
+REVISIONS = {1: "0001", 2: "0002", 3: "0003"}
 
 
 def alembic_config(conn: Connection | None = None) -> Config:

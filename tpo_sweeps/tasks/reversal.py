@@ -209,7 +209,9 @@ def reversal(cfg: C.Config) -> Program:
 
     names = ("error",) + (DIAGNOSTICS if task.diagnostics else ())
     steps = np.arange(task.steps)
-    return Program(init, step, task.steps, {n: steps for n in names})
+    # not applicable to single-sample methods (no groups): NaN by design
+    undefined = frozenset({"frac_zero_var", "frac_all_fail"})
+    return Program(init, step, task.steps, {n: steps for n in names}, undefined)
 
 
 def _diagnostics(algo, hp, task, mode, batch, signal, grads, success) -> dict[str, Array]:
