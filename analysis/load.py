@@ -294,6 +294,34 @@ _warned: set[tuple[str, str, int]] = set()
 _KEPT = ["run_id", "seed", "finished_at", *CELL, *selection.CONFIG_CELL, "request"]
 
 
+def _warn_diverged(engine: Engine, art, cells: list[str], stored: pd.DataFrame) -> None:
+    """A seed whose run diverged (non-finite loss or metric) has no completed result and is
+    not in the means: say so, once per artefact, so n_seeds is never silently short."""
+    diverged = _read_chunked(
+        engine,
+        "SELECT id AS run_id, cell_hash, seed FROM runs "
+        "WHERE status = 'diverged' AND cell_hash IN :cells",
+        "cells",
+        cells,
+    )
+    done = set(zip(stored["cell_hash"], stored["seed"], strict=True))
+    left_out = diverged[
+        [(c, s) not in done for c, s in zip(diverged["cell_hash"], diverged["seed"], strict=True)]
+    ]
+    if left_out.empty:
+        return
+    key = (display_url(engine), str(art), -len(left_out))
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(
+            "artefact '%s': %d seed(s) diverged and are not in the means (runs %s; "
+            "python -m tpo_sweeps status shows where)",
+            art,
+            left_out["seed"].nunique(),
+            id_ranges(left_out["run_id"]),
+        )
+
+
 def kept_seeds(engine: Engine, sweep: str) -> pd.DataFrame:
     """The (run_id, seed) pairs that count for the artefact ``sweep``, one per requested cell
     and seed, labelled with the requested cell's values.
@@ -314,6 +342,7 @@ def kept_seeds(engine: Engine, sweep: str) -> pd.DataFrame:
         cells,
         parse_dates={"finished_at": {"format": "ISO8601"}},
     )
+    _warn_diverged(engine, art, cells, stored)
     pairs = _satisfying(stored, requests)
     if pairs.empty:
         return pd.DataFrame(columns=_KEPT)

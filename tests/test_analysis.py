@@ -296,6 +296,25 @@ def test_dedup_keeps_latest_completed_run_per_seed(smoke_db, tmp_path, caplog):
     assert row["value"] == pytest.approx((finals[0] + finals[1] + 1.0) / 2, rel=1e-8)
 
 
+def test_diverged_seed_is_reported_not_averaged(smoke_db, tmp_path, caplog):
+    url = f"sqlite:///{tmp_path}/div.sqlite"
+    shutil.copy(_path(smoke_db), _path(url))
+    (run_id,) = _sql(
+        url,
+        "SELECT id FROM runs WHERE sweep = ? AND algorithm = 'tpo' AND seed = 1",
+        (PRESET[FIG3],),
+    )[0]
+    with sqlite3.connect(_path(url)) as conn:
+        conn.execute("UPDATE runs SET status = 'diverged' WHERE id = ?", (run_id,))
+    engine = load.connect(url)
+    with caplog.at_level(logging.WARNING, logger="analysis"):
+        df = artifacts.build(FIG3, engine, tmp_path / "out")
+    engine.dispose()
+    row = df.set_index(["method", "metric"]).loc[("tpo", "final_error")]
+    assert row["n_seeds"] == 1
+    assert any("1 seed(s) diverged" in r.getMessage() for r in caplog.records)
+
+
 def test_every_completed_seed_counts(smoke_db, tmp_path):
     """Seeds beyond the preset's num_seeds (a later, larger run of the same cells) count."""
     url = f"sqlite:///{tmp_path}/more.sqlite"
