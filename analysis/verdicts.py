@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import paper
+from analysis.tables import ROW_COLUMNS
 
 VERDICTS = ("agrees", "differs", "reduced", "not run")
 READINGS = ("consistent", "inconsistent", "unmeasured")
@@ -115,21 +116,7 @@ VERDICT_COLUMNS = [
     "discrepancy_text",
 ]
 
-_OUR_COLUMNS = [
-    "artifact",
-    "paper_item",
-    "setting",
-    "method",
-    "metric",
-    "value",
-    "se",
-    "n_seeds",
-    "episodes",
-    "B",
-    "ci_low",
-    "ci_high",
-    *paper.KEY_FIELDS,
-]
+_OUR_COLUMNS = ROW_COLUMNS  # the builders' row contract
 
 
 # --------------------------------------------------------------------------------------------
