@@ -19,13 +19,23 @@ ifeq ($(SERVICES),auto)
 SERVICES := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo 1 || echo 0)
 endif
 
-.PHONY: install install-dev reproduce report reproduction test test-all lint clean services services-stop
+.PHONY: install install-dev lock reproduce report reproduction test test-all lint clean services services-stop
 
-$(VENV)/.installed: pyproject.toml
+# the locked, tested environment (requirements.lock, pip constraints); `make lock` upgrades it
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: tpo-sweeps needs Python >= 3.11 (jax 0.10 has no wheels for " + sys.version.split()[0] + "); set PYTHON=python3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
 	touch $@
+
+# re-resolve the newest versions pyproject.toml allows into requirements.lock (then run make test)
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q -e ".[dev]"
+	{ head -3 requirements.lock; .lock-venv/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 install install-dev: $(VENV)/.installed
 

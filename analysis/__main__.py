@@ -26,21 +26,21 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_DB = "sqlite:///results/tpo.sqlite"
 DEFAULT_OUT = "figures"
 EXIT_BAD_INPUT = 2
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (see python -m analysis --help)\n")
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     from analysis.artifacts import ARTIFACTS
+    from tpo_sweeps import settings
 
     p = _Parser(
-        prog="python -m analysis",
+        prog=settings.prog("analysis", "python -m analysis"),
         description="Rebuild the TPO paper's figures and tables from the results database.",
         epilog=f"artefact ids: {', '.join(ARTIFACTS)}. appendix_b needs no database.",
     )
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the scale the runs were launched at (paper, reduced, smoke; default: the id's "
         "_<scale> suffix, else paper; with 'all': only that scale)",
     )
-    p.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
+    settings.add_db_option(p)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress and notes")
     return p
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     # intermixed: overrides may follow --scale (fig1b_terminal --scale smoke task.steps=4)
     args = _parser().parse_intermixed_args(argv)
     _setup_logging(args.verbose)
+    from tpo_sweeps import settings
+
+    args.db = settings.db_url(args.db)
     from analysis import artifacts, load, selection
 
     try:

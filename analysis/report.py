@@ -54,10 +54,10 @@ from analysis.report_parts import (  # noqa: F401
     common_cell,
     md_table,
 )
+from tpo_sweeps import settings
 
 log = logging.getLogger("analysis")
 
-DEFAULT_DB = "sqlite:///results/tpo.sqlite"
 DEFAULT_OUT = "report"
 EXIT_BAD_INPUT = 2
 EXIT_BUILDER_FAILED = 1
@@ -347,16 +347,16 @@ def _section(b: Built, v: pd.DataFrame, c: pd.DataFrame) -> list[str]:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (see python -m analysis.report --help)\n")
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="python -m analysis.report",
+        prog=settings.prog("report", "python -m analysis report"),
         description="Build every artefact, set the paper's numbers and claims against ours, "
         "and write one reproduction report (report.html, report.md, verdicts.csv).",
     )
-    p.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
+    settings.add_db_option(p)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--scale", default="paper", help="the runs' scale (paper, reduced, smoke)")
     p.add_argument(
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         selection.check_scale(args.scale)
-        engine = _connect(args.db, args.label)
+        engine = _connect(settings.db_url(args.db), args.label)
         db_name = args.label if args.label is not None else load.display_url(engine)
         out = Path(args.out)
         items, _ = write_report(engine, out, args.scale, db_name)

@@ -57,9 +57,9 @@ def config_value(config, dotted: str, default=None):
 @functools.cache
 def config_dir() -> Path:
     """``conf/``, as the entry point finds it."""
-    from tpo_sweeps import run
+    from tpo_sweeps import settings
 
-    return Path(run.config_dir())
+    return Path(settings.config_dir())
 
 
 @functools.cache

@@ -20,7 +20,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from sqlalchemy import func, select, update
 
-from tpo_sweeps import bundle, db, merge
+from tpo_sweeps import bundle, db, merge, transfer
 from tpo_sweeps import config as C
 from tpo_sweeps.run import run_job
 
@@ -92,7 +92,7 @@ def source(tmp_path_factory) -> str:
 def exported(source, tmp_path_factory) -> Path:
     """``source`` exported; treat it as read-only (copy it to change it)."""
     out = tmp_path_factory.mktemp("exported") / "bundles"
-    assert bundle.export_main(["--db", source, "--out", str(out)]) == 0
+    assert transfer.export_main(["--db", source, "--out", str(out)]) == 0
     return out
 
 
@@ -102,17 +102,17 @@ def test_export_then_import_into_an_empty_database_is_identical(source, exported
     cells = {Path(f).parent.name for f in files}
     assert len(cells) == 2 and all(len(c) == 64 for c in cells)
     url = _url(tmp_path / "copy.sqlite")
-    assert bundle.import_main([str(exported), "--db", url]) == 0
+    assert transfer.import_main([str(exported), "--db", url]) == 0
     assert "imported 4 run(s)" in capsys.readouterr().out
     want, got = _contents(source), _contents(url)
     assert got == want
     assert sum(v is None for v in got["metrics"].values()) == 4 * METRICS  # NULLs stay NULL
     assert {s for s, _ in got["links"]} == {"a", "b"}
     # a second import and a second export change nothing
-    assert bundle.import_main([str(exported), "--db", url]) == 0
+    assert transfer.import_main([str(exported), "--db", url]) == 0
     assert "imported 0 run(s)" in capsys.readouterr().out
     assert _contents(url) == want
-    assert bundle.export_main(["--db", source, "--out", str(exported)]) == 0
+    assert transfer.export_main(["--db", source, "--out", str(exported)]) == 0
     assert "0 written, 4 already there" in capsys.readouterr().out
     assert _files(exported) == files
 
@@ -120,7 +120,7 @@ def test_export_then_import_into_an_empty_database_is_identical(source, exported
 def test_export_filters(source, tmp_path, capsys):
     def exported_by(*filters: str) -> set[str]:
         out = tmp_path / "-".join(filters).replace("-", "_")
-        assert bundle.export_main(["--db", source, "--out", str(out), *filters]) == 0
+        assert transfer.export_main(["--db", source, "--out", str(out), *filters]) == 0
         capsys.readouterr()
         return {p.stem for p in out.rglob("*.parquet")}
 
@@ -139,7 +139,7 @@ def test_a_run_completed_there_is_kept_and_gains_the_bundles_sweeps(exported, tm
     url = _url(tmp_path / "other.sqlite")
     _run(url, "c", 0, 2)  # computes the TPO runs itself, under sweep c
     before = _contents(url)
-    assert bundle.import_main([str(exported), "--db", url]) == 0
+    assert transfer.import_main([str(exported), "--db", url]) == 0
     after = _contents(url)
     for key, run in before["runs"].items():
         assert after["runs"][key] == run  # its own job's row, not the bundle's
@@ -154,15 +154,15 @@ def test_two_machines_bundles_combine_into_the_union(tmp_path, capsys):
     _run(one, "m", 0, 2)  # seeds 0, 1
     _run(two, "m", 1, 2)  # seeds 1, 2
     shared = tmp_path / "shared"  # both machines export into one folder (e.g. rsync'ed)
-    assert bundle.export_main(["--db", one, "--out", str(shared)]) == 0
-    assert bundle.export_main(["--db", two, "--out", str(shared)]) == 0
+    assert transfer.export_main(["--db", one, "--out", str(shared)]) == 0
+    assert transfer.export_main(["--db", two, "--out", str(shared)]) == 0
     assert "1 written, 1 already there" in capsys.readouterr().out.splitlines()[-1]
     apart = [tmp_path / "one", tmp_path / "two"]  # or apart, and imported together
     for url, out in zip((one, two), apart, strict=True):
-        assert bundle.export_main(["--db", url, "--out", str(out)]) == 0
+        assert transfer.export_main(["--db", url, "--out", str(out)]) == 0
     for sources in ([shared], apart):
         url = _url(tmp_path / f"union{len(sources)}.sqlite")
-        assert bundle.import_main([*map(str, sources), "--db", url]) == 0
+        assert transfer.import_main([*map(str, sources), "--db", url]) == 0
         got = _contents(url)
         assert sorted(r["seed"] for r in got["runs"].values()) == [0, 1, 2]
         assert len(got["metrics"]) == 3 * STEPS * METRICS
@@ -244,7 +244,7 @@ def test_a_bad_file_is_refused_with_one_line_and_nothing_imported(
     damage(victim)
     url = _url(tmp_path / "target.sqlite")
     db.connect(url).dispose()
-    assert bundle.import_main([str(bundles), "--db", url]) == 2
+    assert transfer.import_main([str(bundles), "--db", url]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     (line,) = err.strip().splitlines()
@@ -285,7 +285,7 @@ def test_a_nan_in_a_bundle_is_stored_as_null(exported, tmp_path):
     mine.parent.mkdir()
     bundle._write(table, mine)
     url = _url(tmp_path / "nan.sqlite")
-    assert bundle.import_main([str(mine), "--db", url]) == 0
+    assert transfer.import_main([str(mine), "--db", url]) == 0
     got = _contents(url)["metrics"]
     first = sorted(got)[:2]
     assert [got[k] for k in first] == [None, None]
@@ -323,7 +323,7 @@ def test_a_password_in_the_overrides_stays_home(source, tmp_path):
         )
     engine.dispose()
     out = tmp_path / "bundles"
-    assert bundle.export_main(["--db", _url(copy), "--out", str(out)]) == 0
+    assert transfer.export_main(["--db", _url(copy), "--out", str(out)]) == 0
     for path in out.rglob("*.parquet"):
         meta = json.loads(pq.read_schema(path).metadata[bundle.META_KEY])
         assert meta["run"]["overrides"] == [r"db.url=postgresql+psycopg\://me\:***@host/db"]

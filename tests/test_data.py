@@ -63,7 +63,7 @@ def test_missing_file_names_the_file_and_the_fetch_command(tmp_path):
         D.load_mnist(tmp_path, check_md5=False)
     msg = str(e.value)
     assert "t10k-labels-idx1-ubyte" in msg and "missing" in msg
-    assert f"python -m tpo_sweeps.data mnist --dir {tmp_path}" in msg
+    assert f"python -m tpo_sweeps data mnist --dir {tmp_path}" in msg
     assert "\n" not in msg
 
 
@@ -73,7 +73,7 @@ def test_md5_mismatch_is_a_clear_error(tmp_path):
         D.verify(tmp_path)
     msg = str(e.value)
     assert "train-images-idx3-ubyte is corrupt" in msg
-    assert D.MNIST["train_images"].md5 in msg and "python -m tpo_sweeps.data mnist" in msg
+    assert D.MNIST["train_images"].md5 in msg and "python -m tpo_sweeps data mnist" in msg
     # without the MD5 requirement the same files load
     arrays = D.load_mnist(tmp_path, check_md5=False)
     assert arrays.train_images.shape == (20, 28, 28) and arrays.test_labels.shape == (10,)
@@ -295,4 +295,4 @@ def test_cli_check_reports_what_to_run(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: MNIST file")
-    assert "python -m tpo_sweeps.data mnist" in proc.stderr
+    assert "python -m tpo_sweeps data mnist" in proc.stderr

@@ -367,6 +367,35 @@ def test_heartbeat_touches_live_runs_only(engine):
     assert db.mark_dead(engine, [], "x") == 0
 
 
+def test_a_job_holds_no_idle_postgresql_connection_between_writes(pg_url):
+    """Each job opens its own engine; between its writes it must hold no connection, or a
+    500-task array would hold 500 idle ones on the server (max_connections is ~100)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = make_url(pg_url).database
+    watcher = create_engine(pg_url, poolclass=db.NullPool)
+
+    def open_connections() -> int:
+        with watcher.connect() as conn:
+            return conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            ).scalar()
+
+    engines = [db.connect(pg_url) for _ in range(3)]  # three jobs
+    for engine in engines:
+        ids = _claim(engine, _ident(), [0, 1])
+        db.heartbeat(engine, list(ids.values()))
+    assert open_connections() == 0
+    for engine in engines:
+        engine.dispose()
+    watcher.dispose()
+
+
 # --------------------------------------------------------------------------------------------
 # RunStore: what a job talks to
 # --------------------------------------------------------------------------------------------

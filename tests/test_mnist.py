@@ -243,7 +243,7 @@ def test_mechanism_metrics_only_when_asked(synthetic):
 def test_bad_task_settings_fail_with_a_message(synthetic, tmp_path):
     with pytest.raises(C.ConfigError, match="multiple of task.eval_every"):
         tasks.build(_cfg(HPS["tpo"], synthetic, steps=50))
-    with pytest.raises(C.ConfigError, match="python -m tpo_sweeps.data mnist"):
+    with pytest.raises(C.ConfigError, match="python -m tpo_sweeps data mnist"):
         tasks.build(_cfg(HPS["tpo"], tmp_path / "nothing"))
     with pytest.raises(C.ConfigError, match="corrupt"):
         tasks.build(_cfg(HPS["tpo"], synthetic, check_md5=True))

@@ -100,7 +100,16 @@ def test_sweep_on_slurm_stores_every_cell_and_the_failure(tmp_path, capsys, monk
         for s in (0, 1)
     }
     assert all("failure injected on purpose" in runs["pg", s].error for s in (0, 1))
-    assert all(r.slurm_job_id for r in runs.values())  # each ran as a SLURM job
+    # each ran as a SLURM array task, stored as <array>_<task>: the name of its log folder
+    assert all(re.fullmatch(r"\d+_\d+", r.slurm_job_id) for r in runs.values())
+    assert all((tmp_path / "mr" / ".submitit" / r.slurm_job_id).is_dir() for r in runs.values())
+    names = subprocess.run(
+        ["sacct", "-n", "-X", "-o", "JobName%40", "-j", runs["tpo", 0].slurm_job_id],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
+    assert names == ["tpo-fig3_tabular_single"]  # the sweep's name, not Hydra's 'run'
     # a job's seeds ran in one SLURM job; the three cells in three
     assert all(runs[a, 0].slurm_job_id == runs[a, 1].slurm_job_id for a in ("tpo", "grpo", "pg"))
     assert len({r.slurm_job_id for r in runs.values()}) == 3

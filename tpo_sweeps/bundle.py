@@ -47,13 +47,11 @@ rows the file holds). Pages carry CRC checksums, which the import verifies.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import math
 import os
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,7 +65,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tpo_sweeps import db
 from tpo_sweeps import identity as I
-from tpo_sweeps.merge import RUN_COLUMNS, _default_url, put_run
+from tpo_sweeps.merge import RUN_COLUMNS, put_run
 
 FORMAT = "tpo-sweeps run bundle"
 FORMAT_VERSION = 1
@@ -129,11 +127,12 @@ def select_runs(
     algorithms: list[str] | None = None,
     tasks: list[str] | None = None,
     cells: list[str] | None = None,
+    statuses: tuple[str, ...] = (db.COMPLETED,),
 ) -> list[Any]:
-    """The completed run rows that match every given filter (any of its values); ``cells``
-    are cell hash prefixes."""
+    """The run rows of ``statuses`` that match every given filter (any of its values);
+    ``cells`` are cell hash prefixes."""
     R, L = db.Run, db.SweepRun
-    stmt = select(R.__table__).where(R.status == db.COMPLETED).order_by(R.cell_hash, R.run_key)
+    stmt = select(R.__table__).where(R.status.in_(statuses)).order_by(R.cell_hash, R.run_key)
     if sweeps:
         stmt = stmt.where(R.id.in_(select(L.run_id).where(L.sweep.in_(sweeps))))
     if algorithms:
@@ -145,7 +144,7 @@ def select_runs(
     return list(conn.execute(stmt).mappings())
 
 
-def _sweeps_of(conn: Connection, run_ids: list[int]) -> dict[int, list[str]]:
+def sweeps_of(conn: Connection, run_ids: list[int]) -> dict[int, list[str]]:
     L = db.SweepRun
     out: dict[int, list[str]] = {}
     for i in range(0, len(run_ids), 500):  # stay under bound-parameter limits
@@ -255,7 +254,7 @@ def export(
     counts: Counter = Counter()
     with engine.connect() as conn:
         runs = select_runs(conn, sweeps, algorithms, tasks, cells)
-        links = _sweeps_of(conn, [r["id"] for r in runs])
+        links = sweeps_of(conn, [r["id"] for r in runs])
         for run in runs:
             path = bundle_path(out, run["cell_hash"], run["run_key"])
             if path.exists():  # immutable: do not even read what it would hold
@@ -455,84 +454,3 @@ def import_bundles(paths: list[Path], engine: Engine) -> Counter:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0].rstrip(".") if text else type(e).__name__
-
-
-# --------------------------------------------------------------------------------------------
-# commands
-# --------------------------------------------------------------------------------------------
-
-
-def export_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m tpo_sweeps export",
-        description="Write each completed run as an immutable Parquet bundle named by its "
-        "identity: OUT/<cell_hash>/<run_key>.parquet (existing files are left alone).",
-    )
-    p.add_argument("--db", default=_default_url(), help="database URL (default: %(default)s)")
-    p.add_argument("--out", required=True, type=Path, help="folder of bundles")
-    p.add_argument("--sweep", action="append", help="runs a sweep asked for (repeatable)")
-    p.add_argument("--algorithm", action="append", help="algorithm name (repeatable)")
-    p.add_argument("--task", action="append", help="task name (repeatable)")
-    p.add_argument("--cell", action="append", help="cell hash prefix (repeatable)")
-    args = p.parse_args(argv)
-    try:
-        # read only: exporting must not create or migrate the database it reads
-        engine = db.connect(args.db, create=False, migrate=False)
-    except db.DatabaseUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        counts = export(engine, args.out, args.sweep, args.algorithm, args.task, args.cell)
-    except OSError as e:
-        print(f"error: cannot write bundles under {args.out}: {e}", file=sys.stderr)
-        return 2
-    finally:
-        engine.dispose()
-    total = counts["written"] + counts["existing"]
-    print(
-        f"exported {total} completed run(s) to {args.out}: {counts['written']} written, "
-        f"{counts['existing']} already there"
-    )
-    return 0
-
-
-def import_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m tpo_sweeps import",
-        description="Load run bundles (tpo_sweeps export) into a database, idempotently; "
-        "every file is checked before anything is written.",
-    )
-    p.add_argument("paths", nargs="+", type=Path, help="bundle folders or .parquet files")
-    p.add_argument("--db", default=_default_url(), help="database URL (default: %(default)s)")
-    args = p.parse_args(argv)
-    try:
-        paths = find_bundles(args.paths)
-    except BundleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    bad = check(paths)
-    if bad:
-        (path, reason), more = bad[0], len(bad) - 1
-        also = f" (and {more} more bad file(s))" if more else ""
-        print(f"error: {path}: {reason}{also}; nothing imported", file=sys.stderr)
-        return 2
-    if not paths:
-        print(f"no bundles found under {' '.join(map(str, args.paths))}")
-        return 0
-    try:
-        engine = db.connect(args.db)
-    except db.DatabaseUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        counts = import_bundles(paths, engine)
-    except BundleError as e:  # changed since it was checked
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        engine.dispose()
-    print(
-        f"imported {counts['imported']} run(s) from {len(paths)} bundle(s) into {engine.url!r}; "
-        f"{counts['already completed']} already completed there (their sweeps linked)"
-    )
-    return 0

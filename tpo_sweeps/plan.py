@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from tpo_sweeps import config as C
-from tpo_sweeps import cost, db
+from tpo_sweeps import cost, db, settings
 from tpo_sweeps import sweep as S
 
 MEASURED_CELL, MEASURED_SHAPE, REFERENCE = "this cell, measured", "same shape, measured", "ref"
@@ -165,7 +165,7 @@ def _duration(seconds: float) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tpo_sweeps plan",
+        prog=settings.prog("plan", "python -m tpo_sweeps plan"),
         description="What a sweep or campaign will compute, what is stored, and its cost.",
     )
     p.add_argument("overrides", nargs="*", help="the multirun's overrides (experiment=<id> ...)")

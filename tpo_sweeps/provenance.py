@@ -58,5 +58,12 @@ def provenance() -> dict:
         "git_commit": commit,
         "git_dirty": dirty,
         "versions": versions(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_job_id": slurm_job_id(),
     }
+
+
+def slurm_job_id() -> str | None:
+    """The job's SLURM id as submitit and ``sacct`` name an array task, ``<array>_<task>``
+    (the folder of its logs: ``.submitit/%A_%a``); a plain job's own id otherwise."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")

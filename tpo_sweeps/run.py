@@ -24,22 +24,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tpo_sweeps import config as C
-from tpo_sweeps import db, identity
+from tpo_sweeps import db, identity, settings
 from tpo_sweeps.provenance import provenance
+from tpo_sweeps.settings import config_dir
 from tpo_sweeps.store import RunStore
 from tpo_sweeps.supervise import Heartbeat, Progress, SlurmSignals
 
 log = logging.getLogger("tpo_sweeps")
 
 C.register_configs()
-
-
-def config_dir() -> str:
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "conf", here / "conf"):
-        if (candidate / "config.yaml").exists():
-            return str(candidate)
-    raise FileNotFoundError("tpo-sweeps: cannot find conf/config.yaml")
 
 
 def _overrides() -> list[str]:
@@ -408,8 +401,9 @@ def help_text() -> str:
     commands = [f"  {name:<8} {doc}" for name, (_, _, doc) in COMMANDS.items()]
     return "\n".join(
         [
-            "usage: python -m tpo_sweeps [-m] [group=option ...] [key=value ...]",
-            "       python -m tpo_sweeps <command> [--help] ...",
+            "usage: tpo-sweeps [-m] [group=option ...] [key=value ...]",
+            "       tpo-sweeps <command> [--help] ...",
+            "       (tpo-sweeps is the installed script; python -m tpo_sweeps is the same)",
             "",
             "Runs one config cell (or, with -m, a sweep or campaign) and stores every seed in",
             "db.url. Print the resolved config with --cfg job; Hydra's own options: --hydra-help.",
@@ -420,7 +414,9 @@ def help_text() -> str:
             "config groups (group=option):",
             *groups,
             "",
-            "e.g. python -m tpo_sweeps -m experiment=fig3_tabular_single scale=smoke",
+            "e.g. tpo-sweeps -m experiment=fig3_tabular_single scale=smoke",
+            "     tpo-sweeps plan experiment=paper",
+            "     tpo-sweeps report --out report",
         ]
     )
 
@@ -443,6 +439,8 @@ def main() -> None:
         return
     if argv[:1] and argv[0] in COMMANDS:
         module, func, _ = COMMANDS[argv[0]]
+        script = Path(sys.argv[0]).name
+        settings.entered_as(script if script == "tpo-sweeps" else "python -m tpo_sweeps")
         sys.exit(getattr(importlib.import_module(module), func)(argv[1:]))
     try:
         preflight(argv)
@@ -453,14 +451,18 @@ def main() -> None:
         raise SystemExit(f"error: {db.redact(C.error_line(e))}") from None
 
 
-# `python -m tpo_sweeps <command> ...`: results bookkeeping beside the Hydra entry point
+# `tpo-sweeps <command> ...` (= `python -m tpo_sweeps <command>`): every verb beside the
+# Hydra run; each reads db.url from the same composition (tpo_sweeps.settings) unless --db
 COMMANDS = {
     "status": ("tpo_sweeps.status", "main", "a sweep's cells by status; --relaunch the rest"),
     "plan": ("tpo_sweeps.plan", "main", "what a sweep or campaign computes and costs"),
     "merge": ("tpo_sweeps.merge", "main", "staged per-job stores -> db.url"),
     "migrate": ("tpo_sweeps.merge", "migrate_main", "create or migrate the schema, once"),
-    "export": ("tpo_sweeps.bundle", "export_main", "completed runs -> bundle files"),
-    "import": ("tpo_sweeps.bundle", "import_main", "bundle files -> db.url (idempotent)"),
+    "export": ("tpo_sweeps.transfer", "export_main", "stored runs -> bundle files or MLflow"),
+    "import": ("tpo_sweeps.transfer", "import_main", "bundle files -> db.url (idempotent)"),
+    "data": ("tpo_sweeps.data", "main", "fetch or --check datasets (MNIST)"),
+    "analysis": ("analysis.__main__", "main", "rebuild a paper artefact's figures and tables"),
+    "report": ("analysis.report", "main", "the reproduction report: ours beside the paper"),
 }
 
 

@@ -22,13 +22,13 @@ import sys
 from pathlib import Path
 
 from tpo_sweeps import config as C
-from tpo_sweeps import db
+from tpo_sweeps import db, settings
 from tpo_sweeps import sweep as S
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tpo_sweeps status",
+        prog=settings.prog("status", "python -m tpo_sweeps status"),
         description="List a sweep's cells by status; relaunch the missing or failed ones.",
     )
     p.add_argument("overrides", nargs="*", help="the multirun's overrides (experiment=<id> ...)")

@@ -127,7 +127,7 @@ def _with_hydra(fn):
     """Run ``fn`` with Hydra's compose API available (inside a Hydra app it already is)."""
     if GlobalHydra.instance().is_initialized():
         return fn()
-    from tpo_sweeps.run import config_dir
+    from tpo_sweeps.settings import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return fn()
