@@ -41,9 +41,7 @@ def _stored(url: str):
                 .where(db.Run.algorithm == "tpo", db.Run.status.in_(db.FINAL))
                 .where(
                     db.Run.id.in_(
-                        select(db.SweepRun.run_id).where(
-                            db.SweepRun.sweep == "fig3_tabular_single"
-                        )
+                        select(db.SweepRun.run_id).where(db.SweepRun.sweep == "fig3_tabular_single")
                     )
                 )
             ).mappings()
