@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 
 def mean_se(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
@@ -55,19 +56,25 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean over seeds (finite values only).
 
-    Resamples the seeds with replacement ``n_boot`` times with ``numpy.random.default_rng
-    (seed)`` and returns the ``(1-level)/2`` and ``(1+level)/2`` quantiles of the resampled
-    means. Fewer than two seeds give ``(nan, nan)``: there is nothing to resample.
+    ``scipy.stats.bootstrap`` with ``method="percentile"``: it resamples the seeds with
+    replacement ``n_boot`` times from ``numpy.random.default_rng(seed)`` and returns the
+    ``(1-level)/2`` and ``(1+level)/2`` quantiles of the resampled means. Fewer than two
+    seeds give ``(nan, nan)``: there is nothing to resample.
     """
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
     if x.size < 2:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    means = x[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    interval = scipy_stats.bootstrap(
+        (x,),
+        np.mean,
+        confidence_level=level,
+        n_resamples=n_boot,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+        vectorized=True,
+    ).confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 def steps_to_threshold(

@@ -382,6 +382,13 @@ def test_bootstrap_and_threshold():
     assert lo < x.mean() < hi
     assert (lo, hi) == stats.bootstrap_ci(x, seed=3)
     assert all(math.isnan(v) for v in stats.bootstrap_ci([1.0]))
+    # scipy's bootstrap gives the interval the hand-written percentile bootstrap gave: the
+    # same resamples (rng.integers(0, n, (n_boot, n))) and the same linear quantiles
+    for n in (2, 5, 20):
+        y = np.random.default_rng(n).normal(size=n)
+        idx = np.random.default_rng(3).integers(0, n, size=(10_000, n))
+        by_hand = np.quantile(y[idx].mean(axis=1), [0.025, 0.975])
+        assert stats.bootstrap_ci(y, seed=3) == pytest.approx(tuple(by_hand), rel=1e-12)
     curve, steps = np.array([1.0, 0.5, 0.009, 0.02, 0.001]), np.arange(10, 15)
     assert stats.steps_to_threshold(curve, steps, 0.01) == 12
     assert stats.steps_to_threshold(curve, steps, 1e-4) is None
