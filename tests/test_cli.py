@@ -48,6 +48,15 @@ def test_the_script_lists_every_verb_and_no_schema_internals():
     assert "_schema" not in out and "powered by Hydra" not in out
     for group in ("algorithm=", "task=", "optimizer=", "hardware=", "experiment=", "scale="):
         assert group in out
+    # --help after overrides (where Hydra would print its own page) gives the same page
+    later = subprocess.run(
+        [str(SCRIPT), "-m", "experiment=fig3_tabular_single", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert later == out
 
 
 @pytest.mark.parametrize("verb", sorted(COMMANDS))

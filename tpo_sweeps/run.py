@@ -434,14 +434,14 @@ def main() -> None:
 
         print(__version__)
         return
-    if argv[:1] in (["--help"], ["-h"]):
-        print(help_text())
-        return
     if argv[:1] and argv[0] in COMMANDS:
         module, func, _ = COMMANDS[argv[0]]
         script = Path(sys.argv[0]).name
         settings.entered_as(script if script == "tpo-sweeps" else "python -m tpo_sweeps")
         sys.exit(getattr(importlib.import_module(module), func)(argv[1:]))
+    if "--help" in argv or "-h" in argv:  # anywhere: Hydra's own lists schema internals
+        print(help_text())
+        return
     try:
         preflight(argv)
         _hydra_main()
