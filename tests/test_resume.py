@@ -102,3 +102,35 @@ def test_a_checkpoint_of_another_shape_is_ignored(tmp_path, caplog):
         assert ckpt.load(program, np.arange(3)) is None  # three seeds: different leaf shapes
     assert "ignoring checkpoint" in caplog.text
     assert Checkpointer(tmp_path / "ckpt", "other").load(program, np.arange(2)) is None
+
+
+def test_auto_progress_points_per_report():
+    from tpo_sweeps.supervise import auto_every
+
+    assert auto_every(2000, 59.0) == 0  # under a minute: no chunks, no reports
+    assert auto_every(2000, 120.0) == 20  # 100 reports
+    # Fig 1b's TPO job (20 seeds, ~2.9 h on the reference CPU): a report every ~20 s
+    assert auto_every(2000, 10_332.0) == 4
+    assert auto_every(997, 600.0) == 10  # a prime: no divisor near, one extra chunk length
+
+
+def test_a_long_run_reports_progress_unasked_with_the_same_numbers(
+    tmp_path, caplog, monkeypatch
+):
+    """progress.every=-1 (the default): a run the reference figures call long runs in
+    chunks and logs its progress (no terminal here: log lines); its numbers equal an
+    unchunked run's."""
+    from tpo_sweeps import cost
+
+    quiet_url = f"sqlite:///{tmp_path / 'quiet.sqlite'}"
+    with caplog.at_level(logging.INFO, logger="tpo_sweeps"):
+        run_job(_cfg(tmp_path, f"db.url={quiet_url}"))  # 60 points x 2 seeds: short
+    assert "points (" not in caplog.text
+    caplog.clear()
+    # the same run, priced as a 2-minute one
+    monkeypatch.setitem(cost.REFERENCE, "tabular_multi", (1.0, 1.0))
+    long_url = f"sqlite:///{tmp_path / 'long.sqlite'}"
+    with caplog.at_level(logging.INFO, logger="tpo_sweeps"):
+        run_job(_cfg(tmp_path, f"db.url={long_url}"))
+    assert "fig4_tabular_multi tpo/tabular_multi: 60/60 points (100%)" in caplog.text
+    assert _metrics(long_url) == _metrics(quiet_url)

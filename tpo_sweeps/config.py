@@ -365,7 +365,10 @@ class CheckpointConfig:
 
 @dataclass
 class ProgressConfig:
-    every: int = 0  # a run reports progress every n points (scan runs in chunks); 0 = off
+    # a run reports progress every n points (its scan then runs in chunks of n); 0 = off;
+    # -1 = auto: off for a run expected to take under a minute on the reference CPU
+    # (tpo_sweeps.cost), else ~100 reports per run (supervise.auto_every)
+    every: int = -1
     sweep_every_s: float = 30.0  # a multirun logs its cells' pending/running/done/failed counts
 
 
@@ -585,7 +588,7 @@ RANGES: list[tuple[str, Any, str]] = [
     ("db.heartbeat_s", _at_least(0), ">= 0 (0 = off)"),
     ("checkpoint.every", _at_least(0), ">= 0 (0 = off)"),
     ("checkpoint.dir", lambda v: v.strip() != "", "a directory"),
-    ("progress.every", _at_least(0), ">= 0 (0 = off)"),
+    ("progress.every", _at_least(-1), ">= -1 (-1 = auto, 0 = off)"),
     ("progress.sweep_every_s", _at_least(0), ">= 0 (0 = off)"),
     ("debug.crash_at", _at_least(0), ">= 0 (0 = off)"),
     ("debug.pause_in_write_s", _at_least(0), ">= 0"),

@@ -56,3 +56,10 @@ def shape_class(resolved: C.Config) -> str:
     if isinstance(resolved.task, C.ReversalConfig):
         return f"reversal/{A.layout(resolved.algorithm)}"
     return resolved.task.name
+
+
+def reference_seconds(resolved: C.Config, seeds: int) -> float:
+    """Run time (no compile) of one job of ``seeds`` seeds of a resolved config on the
+    reference CPU: what decides whether a run reports progress by default."""
+    unit, _ = REFERENCE.get(resolved.task.name, (0.0, 0.0))
+    return unit * work_units(resolved) * seeds * resolved.task.steps

@@ -24,11 +24,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tpo_sweeps import config as C
-from tpo_sweeps import db, identity, settings
+from tpo_sweeps import cost, db, identity, settings
 from tpo_sweeps.provenance import provenance
 from tpo_sweeps.settings import config_dir
 from tpo_sweeps.store import RunStore
-from tpo_sweeps.supervise import Heartbeat, Progress, SlurmSignals
+from tpo_sweeps.supervise import Heartbeat, Progress, SlurmSignals, auto_every
 
 log = logging.getLogger("tpo_sweeps")
 
@@ -219,12 +219,17 @@ def _train(cfg: C.Config, ident: identity.Identity, seed_list: list[int], signal
         log.info(
             "cell %s resumes from its checkpoint at point %d/%d", key[:12], resumed_from, total
         )
-    chunk = min((n for n in (every, cfg.progress.every) if n > 0), default=0) or None
+    report_every = cfg.progress.every
+    if report_every < 0:  # auto: only runs expected to take more than about a minute
+        expected = cost.reference_seconds(ident.resolved, len(seed_list))
+        report_every = auto_every(total, expected)
+    chunk = min((n for n in (every, report_every) if n > 0), default=0) or None
     progress = None
     if chunk:
         label = f"{cfg.name} {cfg.algorithm.name}/{cfg.task.name}"
-        # a bar only when asked for and on a terminal; else throttled log lines
-        bar = None if cfg.progress.every > 0 else False
+        # a bar on a terminal when progress is reported; else (SLURM logs, files, or only
+        # checkpoints asked for) throttled log lines
+        bar = None if report_every > 0 else False
         progress = Progress(total, label, resumed_from, bar=bar)
     saved, last = resumed_from, None
 

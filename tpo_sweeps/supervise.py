@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
@@ -111,6 +112,28 @@ class SlurmSignals:
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
         self._saved = {}
+
+
+AUTO_AFTER_S = 60.0  # a run expected to take longer reports progress unasked
+AUTO_REPORTS = 100  # ... at least this many times
+AUTO_REPORT_S = 20.0  # ... and at least this often (expected seconds between reports)
+
+
+def auto_every(total: int, expected_s: float) -> int:
+    """Points per progress report (``progress.every=-1``) for a run of ``total`` points
+    expected to take ``expected_s`` seconds: 0 (none) under ``AUTO_AFTER_S``; else at least
+    ``AUTO_REPORTS`` reports and one every ``AUTO_REPORT_S`` seconds, rounded up to a
+    divisor of ``total`` where one is near (each distinct chunk length compiles once more).
+    A chunk boundary costs one dispatch and a copy of the chunk's metrics to the host,
+    milliseconds (``benchmarks/progress_overhead.py``) beside the ~20 s of a chunk."""
+    if expected_s < AUTO_AFTER_S or total < 2:
+        return 0
+    reports = max(AUTO_REPORTS, math.ceil(expected_s / AUTO_REPORT_S))
+    want = max(1, math.ceil(total / reports))
+    for n in range(want, min(2 * want, total) + 1):
+        if total % n == 0:
+            return n
+    return want
 
 
 class Progress:
