@@ -59,9 +59,8 @@ def main() -> None:
     per = (c - w) / boundaries
     print(f"{args.experiment} {args.algorithm}: {len(seeds)} seeds x {total} points")
     print(f"  whole:   {w:.3f} s  (runs: {', '.join(f'{x:.3f}' for x in whole)})")
-    print(
-        f"  chunked: {c:.3f} s  in chunks of {chunk} (runs: {', '.join(f'{x:.3f}' for x in chunked)})"
-    )
+    runs = ", ".join(f"{x:.3f}" for x in chunked)
+    print(f"  chunked: {c:.3f} s  in chunks of {chunk} (runs: {runs})")
     print(f"  per chunk boundary: {per * 1e3:+.2f} ms ({100 * (c - w) / w:+.2f}% of the run)")
     expected = cost.reference_seconds(identity.identify(cfg).resolved, len(seeds))
     auto = auto_every(total, max(expected, AUTO_AFTER_S))

@@ -114,9 +114,7 @@ def test_auto_progress_points_per_report():
     assert auto_every(997, 600.0) == 10  # a prime: no divisor near, one extra chunk length
 
 
-def test_a_long_run_reports_progress_unasked_with_the_same_numbers(
-    tmp_path, caplog, monkeypatch
-):
+def test_a_long_run_reports_progress_unasked_with_the_same_numbers(tmp_path, caplog, monkeypatch):
     """progress.every=-1 (the default): a run the reference figures call long runs in
     chunks and logs its progress (no terminal here: log lines); its numbers equal an
     unchunked run's."""
