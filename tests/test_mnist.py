@@ -251,19 +251,26 @@ def test_bad_task_settings_fail_with_a_message(synthetic, tmp_path):
 
 def test_mlp_init_follows_flax_defaults():
     p = M.init_mlp(jax.random.PRNGKey(0), 50)
-    assert {k: v.shape for k, v in p.items()} == {
-        "w1": (784, 50),
-        "b1": (50,),
-        "w2": (50, 50),
-        "b2": (50,),
-        "w3": (50, 10),
-        "b3": (10,),
+    shapes = jax.tree_util.tree_map(lambda a: a.shape, p)
+    assert shapes == {
+        "dense_0": {"kernel": (784, 50), "bias": (50,)},
+        "dense_1": {"kernel": (50, 50), "bias": (50,)},
+        "dense_2": {"kernel": (50, 10), "bias": (10,)},
     }
-    assert all(float(jnp.abs(p[b]).max()) == 0.0 for b in ("b1", "b2", "b3"))
+    # the Flax module's own tree: the same names and shapes
+    from tpo_sweeps.flax_models import MLP
+
+    flax_tree = MLP((50, 50, 10)).init(jax.random.PRNGKey(1), jnp.zeros((1, 784)))["params"]
+    assert jax.tree_util.tree_map(lambda a: a.shape, flax_tree) == shapes
+    assert all(float(jnp.abs(p[f"dense_{i}"]["bias"]).max()) == 0.0 for i in range(3))
     # lecun_normal: truncated normal with std 1/sqrt(fan_in), cut at 2 std of the base normal
-    w = np.asarray(p["w1"])
+    w = np.asarray(p["dense_0"]["kernel"])
     assert abs(w.std() * np.sqrt(784) - 1.0) < 0.05
     assert np.abs(w).max() <= 2.0 / np.sqrt(784) / 0.87962566103423978 + 1e-6
+    x = jax.random.uniform(jax.random.PRNGKey(2), (3, 784))
+    h = jax.nn.relu(x @ p["dense_0"]["kernel"])  # biases are zero
+    h = jax.nn.relu(h @ p["dense_1"]["kernel"])
+    np.testing.assert_allclose(M.mlp_logits(p, x), h @ p["dense_2"]["kernel"], rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------

@@ -105,6 +105,12 @@ class Platform(Choice):
     auto = ""  # JAX's own choice (written '' or auto)
 
 
+class ModelKernels(Choice):
+    auto = "auto"  # by platform (flax_models.kernels_for): cpu_fused on a CPU, else flax
+    flax = "flax"  # Flax's own layers and autodiff: the reference path
+    cpu_fused = "cpu_fused"  # tpo_sweeps.models: custom backward passes built for XLA:CPU
+
+
 # --------------------------------------------------------------------------------------------
 # algorithm/
 # --------------------------------------------------------------------------------------------
@@ -327,6 +333,9 @@ class HardwareConfig:
     # with seed_batch > 0: this many seed groups run side by side as independent
     # computations, which XLA overlaps on the cores (small ops leave a core idle)
     seed_streams: int = 1
+    # the transformer's training-path kernels (tpo_sweeps.flax_models): the same maths to
+    # float32 rounding, so, like the seed grouping, not part of a run's identity
+    model_kernels: ModelKernels = ModelKernels.auto
     # XLA debug options for every compiled program (per compilation, not process-wide), e.g.
     # {xla_cpu_experimental_ynn_fusion_type: LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT}
     xla_options: dict[str, str] = field(default_factory=dict)
@@ -621,6 +630,7 @@ def validate(cfg: Config) -> None:
         ("task.reward", Reward),
         ("task.match", Match),
         ("hardware.platform", Platform),
+        ("hardware.model_kernels", ModelKernels),
     ):
         allowed = [m.value for m in kind]
         _check(cfg, key, lambda v, a=allowed: v in a, f"one of {', '.join(map(repr, allowed))}")

@@ -41,6 +41,7 @@ from tpo_sweeps import config as C
 from tpo_sweeps import data as D
 from tpo_sweeps import losses as L
 from tpo_sweeps import optim
+from tpo_sweeps.flax_models import MLP
 from tpo_sweeps.sampling import categorical_rows
 from tpo_sweeps.train import Program, fit_batch
 
@@ -64,23 +65,25 @@ MECHANISM_METRICS = tuple(
 
 
 def init_mlp(key: Array, hidden: int, in_dim: int = PIXELS, out_dim: int = NUM_CLASSES) -> dict:
-    """784-h-h-10 parameters with Flax ``nn.Dense`` defaults: kernels lecun_normal (truncated
-    normal, fan-in scaling), biases zero (protocols §2.1)."""
+    """784-h-h-10 parameters of ``flax_models.MLP`` with Flax ``nn.Dense`` defaults: kernels
+    lecun_normal (truncated normal, fan-in scaling), biases zero (protocols §2.1). Drawn
+    here, one key per layer, so the draws stay those of every stored MNIST run."""
     init = jax.nn.initializers.lecun_normal()
-    k1, k2, k3 = jax.random.split(key, 3)
+    keys = jax.random.split(key, 3)
     dims = [(in_dim, hidden), (hidden, hidden), (hidden, out_dim)]
-    params = {}
-    for i, (k, (n_in, n_out)) in enumerate(zip((k1, k2, k3), dims, strict=True), start=1):
-        params[f"w{i}"] = init(k, (n_in, n_out), jnp.float32)
-        params[f"b{i}"] = jnp.zeros(n_out, jnp.float32)
-    return params
+    return {
+        f"dense_{i}": {
+            "kernel": init(k, (n_in, n_out), jnp.float32),
+            "bias": jnp.zeros(n_out, jnp.float32),
+        }
+        for i, (k, (n_in, n_out)) in enumerate(zip(keys, dims, strict=True))
+    }
 
 
 def mlp_logits(params: dict, x: Array) -> Array:
-    """Dense → ReLU → Dense → ReLU → Dense: class logits ``[..., 10]``."""
-    h = jax.nn.relu(x @ params["w1"] + params["b1"])
-    h = jax.nn.relu(h @ params["w2"] + params["b2"])
-    return h @ params["w3"] + params["b3"]
+    """Dense → ReLU → Dense → ReLU → Dense (``flax_models.MLP``): class logits ``[..., 10]``."""
+    widths = tuple(params[f"dense_{i}"]["bias"].shape[0] for i in range(len(params)))
+    return MLP(widths).apply({"params": params}, x)
 
 
 def pixels(images_u8: Array) -> Array:

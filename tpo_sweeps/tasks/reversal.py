@@ -33,6 +33,7 @@ import numpy as np
 
 from tpo_sweeps import algorithms as A
 from tpo_sweeps import config as C
+from tpo_sweeps import flax_models as F
 from tpo_sweeps import models as M
 from tpo_sweeps import optim
 from tpo_sweeps.sampling import categorical_rows
@@ -156,6 +157,9 @@ def reversal(cfg: C.Config) -> Program:
     opt = optim.build(cfg.optimizer)
     m = task.model
     shape = M.Shape(V, 2 * H, m.d_model, m.num_heads, m.num_layers, m.ffn_mult)
+    # the update's log-probs: Flax's layers or the fused CPU kernels (the sampler serves both)
+    kernels = cfg.hardware.model_kernels
+    fns = F.KERNELS[F.kernels_for(getattr(kernels, "value", kernels))]
 
     def init(key):
         params = M.init_params(key, shape)
@@ -167,7 +171,7 @@ def reversal(cfg: C.Config) -> Program:
             toks, tok_lp, _, _ = generate(params, prompts, key, K, cached=task.cached_sampler)
             r = token_rewards(toks, targets[:, None], task.reward)  # [B, K, H]
             batch = A.make_batch(tok_lp.sum(-1), r.mean(-1))
-            logp_of = lambda p: M.answer_token_logp(p, prompts, toks).sum(-1)  # noqa: E731
+            logp_of = lambda p: fns.answer_token_logp(p, prompts, toks).sum(-1)  # noqa: E731
             return logp_of, batch, 1.0 - r.mean(), jnp.all(toks == targets[:, None], -1)
         toks, tok_lp, cand, cand_lp = generate(
             params, prompts, key, 1, K - 1 if mode == "token" else 0, task.cached_sampler
@@ -178,7 +182,7 @@ def reversal(cfg: C.Config) -> Program:
         exact = jnp.all(toks == targets, -1)  # [B]
         if mode == "single":
             batch = A.make_batch(tok_lp, r)
-            logp_of = lambda p: M.answer_token_logp(p, prompts, toks[:, None])[:, 0]  # noqa: E731
+            logp_of = lambda p: fns.answer_token_logp(p, prompts, toks[:, None])[:, 0]  # noqa: E731
             return logp_of, batch, error, jnp.broadcast_to(exact[:, None], r.shape)
         # token level: candidate 0 is the behaviour token, then K-1 fresh draws
         cands = jnp.concatenate([toks[..., None], cand[:, 0]], -1)  # [B, H, K]
@@ -190,7 +194,7 @@ def reversal(cfg: C.Config) -> Program:
         batch = A.make_batch(cands_lp.reshape(B * H, K), hit.reshape(B * H, K))
 
         def logp_of(p):
-            lp = M.answer_logprobs(p, prompts, toks[:, None])[:, 0]  # [B, H, V]
+            lp = fns.answer_logprobs(p, prompts, toks[:, None])[:, 0]  # [B, H, V]
             return jnp.take_along_axis(lp, cands, -1).reshape(B * H, K)
 
         return logp_of, batch, error, hit.reshape(B * H, K) > 0
