@@ -1,7 +1,8 @@
 """Seconds per seed-episode of the token-reversal trainer, beside the authors' code.
 
     python benchmarks/reversal_speed.py [--seeds 4] [--episodes 3] [--seed-batch 1]
-        [--streams 2] [--xla-option KEY=VALUE ...] [--only tpo_terminal,ppo_terminal]
+        [--streams 2] [--kernels auto|flax|cpu_fused] [--xla-option KEY=VALUE ...]
+        [--only tpo_terminal,ppo_terminal]
 
 Each setting is compiled once (compile time reported separately), run once to warm up, then
 timed over ``--episodes`` episodes for ``--seeds`` seeds in one compiled program (groups of
@@ -75,6 +76,12 @@ def main() -> None:
     )
     ap.add_argument("--streams", type=int, default=1, help="seed groups run side by side")
     ap.add_argument(
+        "--kernels",
+        default="auto",
+        choices=("auto", "flax", "cpu_fused"),
+        help="hardware.model_kernels: the update's kernels (auto: by platform)",
+    )
+    ap.add_argument(
         "--xla-option",
         action="append",
         default=[],
@@ -84,7 +91,8 @@ def main() -> None:
     args = ap.parse_args()
     options = dict(kv.split("=", 1) for kv in args.xla_option) or None
     print(
-        f"jax {jax.__version__} on {jax.devices()[0].device_kind}, seeds={args.seeds}, "
+        f"jax {jax.__version__} on {jax.default_backend()}:{jax.devices()[0].device_kind} "
+        f"x{jax.device_count()}, kernels={args.kernels}, seeds={args.seeds}, "
         f"seed batch={args.seed_batch or 'all'}, streams={args.streams}, "
         f"episodes={args.episodes}, xla options={options or 'none'}"
     )
@@ -97,7 +105,8 @@ def main() -> None:
         if args.only and name not in args.only.split(","):
             continue
         task = C.ReversalConfig(steps=args.episodes, **over)
-        cfg = C.Config(algorithm=hp, task=task, optimizer=C.MuonConfig())
+        hardware = C.HardwareConfig(model_kernels=C.ModelKernels(args.kernels))
+        cfg = C.Config(algorithm=hp, task=task, optimizer=C.MuonConfig(), hardware=hardware)
         program = tasks.build(cfg)
         keys = seed_keys(np.arange(args.seeds))
         if args.seed_batch:
