@@ -25,7 +25,7 @@ from hydra.core.global_hydra import GlobalHydra
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from tpo_sweeps import bundle, db, identity, losses, merge, migrations, train
+from tpo_sweeps import bundle, db, identity, losses, merge, migrations, train, transfer
 from tpo_sweeps import config as C
 from tpo_sweeps import run as R
 from tpo_sweeps.checkpoint import Checkpointer
@@ -397,7 +397,7 @@ def test_a_bundle_of_schema_2_imports(tmp_path):
     del meta["run"]["diverged_step"]  # as tpo-sweeps of schema 2 wrote it
     bundle._write(table.replace_schema_metadata({bundle.META_KEY: json.dumps(meta)}), path)
     dst = f"sqlite:///{tmp_path / 'c.sqlite'}"
-    assert bundle.import_main([str(tmp_path / "b"), "--db", dst]) == 0
+    assert transfer.import_main([str(tmp_path / "b"), "--db", dst]) == 0
     assert _rows(tmp_path / "c.sqlite", "SELECT status, diverged_step FROM runs") == [
         ("completed", None)
     ]
