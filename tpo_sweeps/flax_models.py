@@ -13,7 +13,8 @@ would need a split/merge around every step for the same result.
 passes built for XLA:CPU (LayerNorm folded into the next GEMM, attention one head at a time,
 bias gradients from a ones column) and the prompt encoded once per group.
 ``hardware.model_kernels`` picks the path for the training update (``auto``: ``cpu_fused``
-on a CPU, where they were measured ~3.5x faster overall, ``flax`` elsewhere); the KV-cached
+on a CPU, where these kernels bought most of the 3.5x speed-up over the authors' Flax code,
+``flax`` elsewhere, for which they were never designed); the KV-cached
 sampler is forward-only (no custom gradient is involved) and serves both. Same maths: the
 tests hold the two paths' losses, gradients and Muon epochs equal to float32 rounding
 (``tests/test_flax_models.py``).
