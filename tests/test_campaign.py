@@ -117,7 +117,7 @@ def test_fig1b_then_table3_computes_only_what_fig1b_did_not(tmp_path):
     )
     # 6 requested cells: TPO once (match drops out), PPO and DG twice; TPO and prompt-matched
     # DG were stored by Fig 1b
-    assert "6 requested cells -> 5 distinct jobs" in out
+    assert "6 requested cells -> 5 distinct cells -> 5 jobs" in out
     after = _runs(path)
     assert after[: len(fig1b)] == fig1b  # not recomputed, not rewritten
     assert len(after) == 5

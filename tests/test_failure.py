@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 
 from tpo_sweeps import bundle, db, identity, losses, merge, migrations, train, transfer
 from tpo_sweeps import config as C
+from tpo_sweeps import job as J
 from tpo_sweeps import run as R
 from tpo_sweeps.checkpoint import Checkpointer
 from tpo_sweeps.run import config_dir
@@ -160,7 +161,7 @@ def _lock_after_training(monkeypatch, path: Path, hold_s: float) -> threading.Th
         conn.close()
 
     holder = threading.Thread(target=hold, daemon=True)
-    trained = R._train
+    trained = J._train
 
     def train_then_lock(*args, **kwargs):
         out = trained(*args, **kwargs)
@@ -168,7 +169,7 @@ def _lock_after_training(monkeypatch, path: Path, hold_s: float) -> threading.Th
         assert locked.wait(10)
         return out
 
-    monkeypatch.setattr(R, "_train", train_then_lock)
+    monkeypatch.setattr(J, "_train", train_then_lock)
     return holder
 
 

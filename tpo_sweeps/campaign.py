@@ -7,8 +7,10 @@ both ``task.match`` values). Every multirun therefore goes through ``TpoSweeper`
 Hydra only loads plugins from that namespace): it expands the command line into cells as
 Hydra's basic sweeper would (``tpo_sweeps.sweep.expand``), and launches one job per distinct
 cell (``tpo_sweeps.identity``) over the union of the seeds asked for it, with every extra any
-request asked for (a diagnostics run serves the requests without diagnostics). The jobs then
-skip the seeds the database already holds. The multirun callback links every stored or
+request asked for (a diagnostics run serves the requests without diagnostics); cells that
+differ only in traced hyperparameters (an η or lr grid) become the lanes of one job and one
+compiled program (``lane_launches``, ``tpo_sweeps.lanes``). The jobs then skip the seeds the
+database already holds. The multirun callback links every stored or
 pending run to each sweep that asked for it (``record_pending``).
 
 A **campaign** preset lists member presets (``campaign: [fig3_tabular_single, ...]``, e.g.
@@ -28,6 +30,7 @@ from typing import Any
 
 from tpo_sweeps import db
 from tpo_sweeps import identity as I
+from tpo_sweeps import lanes as LN
 from tpo_sweeps import sweep as S
 from tpo_sweeps.config import UserError, error_line, is_user_error
 from tpo_sweeps.store import run_row
@@ -104,6 +107,34 @@ def unique_jobs(cells: list[S.Cell]) -> list[Job]:
     return jobs
 
 
+def lane_launches(jobs: list[Job]) -> list[tuple[list[str], list[Job]]]:
+    """The launches of ``jobs``: ``(overrides, jobs it runs)``. Jobs whose configs differ only
+    in traced hyperparameters (``tpo_sweeps.lanes``) run as the lanes of one launch when
+    their ``hardware.lanes`` is on: the first job's overrides plus ``lanes=[...]``, one entry
+    per job with its traced values. Any other job is its own launch."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        cfg = job.cell.config
+        key = LN.group_key(cfg) if cfg.hardware.lanes and not cfg.lanes else f"#{len(groups)}"
+        groups.setdefault(key, []).append(job)
+    launches = []
+    for group in groups.values():
+        if len(group) == 1:
+            launches.append((group[0].overrides, group))
+            continue
+        values = LN.lane_values([job.cell.config for job in group])
+        entries = ",".join(repr(_lane_text(job, v)) for job, v in zip(group, values, strict=True))
+        launches.append(([*group[0].overrides, f"lanes=[{entries}]"], group))
+    return launches
+
+
+def _lane_text(job: Job, values: dict[str, Any]) -> str:
+    """A lane's entry of ``lanes``: its traced values, as the job's own overrides spell them
+    where they set them (so each lane's stored overrides read as the cell's alone)."""
+    spelled = {o.lstrip("+~").partition("=")[0]: o for o in job.overrides}
+    return " ".join(spelled.get(k, f"{k}={v!r}") for k, v in values.items())
+
+
 def record_pending(engine, sweep: S.Sweep) -> int:
     """Before the jobs start: link every requested seed to the run that will serve it, for
     the sweep that asked (the cell's preset) and the campaign. A seed already served by a
@@ -147,11 +178,15 @@ def launch(sweeper, arguments: list[str]) -> list:
     if not config.db.stage:  # a database that cannot be used: one line, before any folder
         db.connect(sweep.db_url, float(config.db.busy_timeout_s)).dispose()
     jobs = unique_jobs(sweep.cells)
+    launches = lane_launches(jobs)
+    laned = [group for _, group in launches if len(group) > 1]
     log.info(
-        "sweep %s: %d requested cells -> %d distinct jobs (%.1fs to expand)",
+        "sweep %s: %d requested cells -> %d distinct cells -> %d jobs%s (%.1fs to expand)",
         sweep.name,
         len(sweep.cells),
         len(jobs),
+        len(launches),
+        f" ({sum(map(len, laned))} cells as lanes of {len(laned)})" if laned else "",
         time.perf_counter() - t0,
     )
     sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -159,11 +194,11 @@ def launch(sweeper, arguments: list[str]) -> list:
     saved = sweep_dir / "multirun.yaml"
     OmegaConf.save(config, saved)
     saved.write_text(db.redact(saved.read_text()))  # db.url as given may hold a password
-    batch_size = sweeper.max_batch_size or len(jobs) or 1
+    batch_size = sweeper.max_batch_size or len(launches) or 1
     returns, index = [], 0
     outcome = Outcome(sweep.name)
-    for i in range(0, len(jobs), batch_size):
-        batch = [job.overrides for job in jobs[i : i + batch_size]]
+    for i in range(0, len(launches), batch_size):
+        batch = [overrides for overrides, _ in launches[i : i + batch_size]]
         sweeper.validate_batch_is_legal(batch)
         results = sweeper.launcher.launch(batch, initial_job_idx=index)
         for r in results:

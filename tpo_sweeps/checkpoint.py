@@ -71,13 +71,16 @@ class Checkpointer:
         os.replace(tmp, self.path)
         _fsync_dir(self.dir)
 
-    def load(self, program: Program, seeds: np.ndarray) -> tuple[int, Any] | None:
+    def load(
+        self, program: Program, seeds: np.ndarray, inputs: Any = None
+    ) -> tuple[int, Any] | None:
         """The saved ``(points_done, (carry, parts))``, or None if there is no usable one
-        (an unusable file is moved aside: ``set_aside``)."""
+        (an unusable file is moved aside: ``set_aside``). ``inputs``: what ``program.init``
+        receives per run, as ``train.run`` takes it (default: the seeds' keys)."""
         if not self.path.exists():
             return None
         try:
-            return self._load(program, seeds)
+            return self._load(program, seed_keys(seeds) if inputs is None else inputs)
         except Exception as e:  # truncated, corrupt or foreign: start over rather than crash
             self.set_aside(f"it is unreadable ({type(e).__name__}: {_first_line(e)})")
             return None
@@ -99,13 +102,13 @@ class Checkpointer:
         )
         return aside
 
-    def _load(self, program: Program, seeds: np.ndarray) -> tuple[int, Any] | None:
+    def _load(self, program: Program, inputs: Any) -> tuple[int, Any] | None:
         with np.load(self.path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
             arrays = {k: z[k] for k in z.files if k != "header"}
         if not isinstance(header, dict):
             raise ValueError("its header is not a JSON object")
-        expected = jax.eval_shape(jax.vmap(program.init), seed_keys(seeds))
+        expected = jax.eval_shape(jax.vmap(program.init), inputs)
         ref_leaves, treedef = jax.tree_util.tree_flatten(expected)
         done = int(header.get("points_done", -1))
         problem = None

@@ -336,6 +336,10 @@ class HardwareConfig:
     # the transformer's training-path kernels (tpo_sweeps.flax_models): the same maths to
     # float32 rounding, so, like the seed grouping, not part of a run's identity
     model_kernels: ModelKernels = ModelKernels.auto
+    # a multirun's cells that differ only in traced hyperparameters (tpo_sweeps.lanes.TRACED:
+    # eta, lr, clip_eps, ...) run as lanes of one job and one compiled program, each stored
+    # as its own run; false: one job per cell
+    lanes: bool = True
     # XLA debug options for every compiled program (per compilation, not process-wide), e.g.
     # {xla_cpu_experimental_ynn_fusion_type: LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT}
     xla_options: dict[str, str] = field(default_factory=dict)
@@ -400,6 +404,11 @@ class Config:
     # a campaign preset (experiment=paper): the member presets whose cells it launches,
     # deduplicated (tpo_sweeps.campaign); empty for an ordinary preset
     campaign: list[str] = field(default_factory=list)
+    # hyperparameter lanes of this job, set by the sweeper (tpo_sweeps.lanes): each entry is
+    # one lane's traced values as overrides ("algorithm.eta=0.5 optimizer.lr=0.001"); the
+    # job runs them all in one compiled program and stores each as its own cell. Empty: the
+    # job is the one cell its config says
+    lanes: list[str] = field(default_factory=list)
 
 
 GROUPS: dict[str, tuple[type, dict[str, type]]] = {
@@ -612,6 +621,14 @@ def validate(cfg: Config) -> None:
     check_name(cfg.name)
     for member in cfg.campaign:
         check_name(member, "campaign")
+    if cfg.lanes:
+        from tpo_sweeps import lanes
+
+        for lane in cfg.lanes:  # only traced fields, only numbers, each in its range
+            try:
+                validate(lanes.with_values(dataclasses.replace(cfg, lanes=[]), lanes.parse(lane)))
+            except ConfigError as e:
+                raise ConfigError(f"lanes: {lane!r}: {str(e).removeprefix('lanes: ')}") from None
     for key, ok, rule in RANGES:
         _check(cfg, key, ok, rule)
     if cfg.seed + cfg.num_seeds - 1 > MAX_SEED:

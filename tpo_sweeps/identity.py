@@ -11,7 +11,8 @@ compute differently collide, or two that compute the same do not):
 1. **Not part of it** — where and how a run executes or is reported: ``name`` (the sweep),
    ``seed``/``num_seeds`` (the seed is the second half of the identity; seed ``s`` always
    uses ``PRNGKey(s)``), ``hardware``, ``db``, ``debug``, ``checkpoint``, ``progress``,
-   ``skip_completed``, ``campaign``, and the data's location (``task.data_dir``; not
+   ``skip_completed``, ``campaign``, ``lanes`` (a job's hyperparameter lanes: each lane
+   is identified as its own config), and the data's location (``task.data_dir``; not
    ``task.check_md5``: a run on unchecked files must not serve a request for real MNIST).
    Grouping seeds and other ``hardware`` settings change numbers only at float rounding:
    with ``hardware.seed_batch=1`` a seed's numbers are bit for bit the same whichever seeds
@@ -63,6 +64,7 @@ NOT_IDENTITY = (
     "progress",
     "skip_completed",
     "campaign",
+    "lanes",
 )
 LOCATION = ("task.data_dir",)
 # rule 5: extras, with how a stored value satisfies a requested one

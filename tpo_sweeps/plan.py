@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from tpo_sweeps import config as C
 from tpo_sweeps import cost, db, settings
+from tpo_sweeps import lanes as LN
 from tpo_sweeps import sweep as S
 
 MEASURED_CELL, MEASURED_SHAPE, REFERENCE = "this cell, measured", "same shape, measured", "ref"
@@ -111,7 +112,9 @@ def make_plan(sweep: S.Sweep, costs: Costs) -> tuple[list[Row], Row, dict]:
             askers[(cell.ident.cell, s)].add(cell.config.name)
     rows: dict[str, Row] = {}
     counted: set[tuple[str, int]] = set()  # (cell, seed) already attributed to an artefact
-    jobs: dict[str, float] = {}  # cell hash -> compile seconds, for cells with work left
+    # the launches with work left: compile seconds of each, keyed as the sweeper groups cells
+    # into jobs (cells that differ only in traced hyperparameters are lanes of one job)
+    jobs: dict[str, float] = {}
     total = Row("deduplicated")
     for cell in sweep.cells:
         row = rows.setdefault(cell.config.name, Row(cell.config.name))
@@ -136,12 +139,13 @@ def make_plan(sweep: S.Sweep, costs: Costs) -> tuple[list[Row], Row, dict]:
             row.todo += steps
             row.seconds += per_episode * steps
             row.sources.add(source)
-            jobs.setdefault(cell.ident.cell, compile_s)
+            jobs.setdefault(_launch_key(cell), compile_s)
     total.cells = len({c.ident.cell for c in sweep.cells})
     naive_jobs = len(jobs)
     for cell in sweep.cells:  # compile time goes to the artefact that launches the job
-        if cell.ident.cell in jobs:
-            rows[cell.config.name].seconds += jobs.pop(cell.ident.cell)
+        key = _launch_key(cell)
+        if key in jobs:
+            rows[cell.config.name].seconds += jobs.pop(key)
     for row in rows.values():
         total.todo += row.todo
         total.seconds += row.seconds
@@ -150,9 +154,15 @@ def make_plan(sweep: S.Sweep, costs: Costs) -> tuple[list[Row], Row, dict]:
         "cells": sum(r.cells for r in rows.values()),
         "seeds": sum(r.seeds for r in rows.values()),
         "asked": sum(r.asked for r in rows.values()),
-        "jobs": naive_jobs,  # distinct cells with seeds left to compute
+        "jobs": naive_jobs,  # jobs (compiled programs) with seeds left to compute
     }
     return list(rows.values()), total, naive
+
+
+def _launch_key(cell: S.Cell) -> str:
+    """Cells with the same key run in one job (``campaign.lane_launches``)."""
+    cfg = cell.config
+    return "lanes:" + LN.group_key(cfg) if cfg.hardware.lanes else cell.ident.cell
 
 
 def _duration(seconds: float) -> str:

@@ -238,7 +238,7 @@ class RunStore:
                     **self._claim,
                     "compile_s": result.compile_s,
                     "run_s": result.run_s,
-                    "job_seeds": len(result.seeds),
+                    "job_seeds": getattr(result, "runs", 0) or len(result.seeds),
                 },
                 before_commit=pause,
                 diverged=getattr(result, "diverged", None),

@@ -57,6 +57,9 @@ class Result:
     # seed -> (first step at which a metric was non-finite, or None; what was): the seeds
     # whose run diverged (``divergence``)
     diverged: dict[int, tuple[int | None, str]] = field(default_factory=dict)
+    # runs in the program that produced this result (lanes × seeds; 0 = len(seeds)): what
+    # compile_s and run_s were spent on, for per-seed costs (tpo_sweeps.plan)
+    runs: int = 0
 
 
 def seed_keys(seeds: np.ndarray) -> Array:
@@ -113,6 +116,7 @@ def run(
     seed_batch: int = 0,
     seed_streams: int = 1,
     compiler_options: dict[str, str] | None = None,
+    inputs: Any = None,
 ) -> Result:
     """Run ``program`` for all ``seeds`` in one compiled program; subsample every ``log_every``.
 
@@ -124,9 +128,12 @@ def run(
     ``seed_streams`` > 1 runs that many such groups side by side as independent computations
     (XLA overlaps them on the cores, which small ops leave idle). ``compiler_options`` are
     XLA debug options for this program's compilation (``hardware.xla_options``).
+    ``inputs`` is what ``program.init`` receives per run, stacked on a leading axis of
+    ``len(seeds)`` (default: ``seed_keys(seeds)``; hyperparameter lanes pass keys and lane
+    values, ``tpo_sweeps.lanes``).
     """
     seeds = np.asarray(seeds)
-    keys = seed_keys(seeds)
+    keys = seed_keys(seeds) if inputs is None else inputs
     T = program.num_points
     chunk = T if not chunk or chunk >= T else chunk
 

@@ -20,7 +20,12 @@ TASKS: dict[str, Callable[[C.Config], Program]] = {
 def build(cfg: C.Config) -> Program:
     """The training program of ``cfg``'s task and algorithm, built from its effective
     config (``tpo_sweeps.identity.resolve``): what runs is what the run identity says."""
-    cfg = identity.resolve(cfg)
+    return build_resolved(identity.resolve(cfg))
+
+
+def build_resolved(cfg: C.Config) -> Program:
+    """The program of an already resolved config (``build`` without ``identity.resolve``;
+    hyperparameter lanes build it with traced values, ``tpo_sweeps.lanes``)."""
     try:
         builder = TASKS[cfg.task.name]
     except KeyError:
