@@ -164,9 +164,3 @@ def test_four_muon_epochs_give_the_same_parameters(layout, reward):
         np.testing.assert_allclose(a, b, atol=2e-5, err_msg=jax.tree_util.keystr(path))
         moved = max(moved, float(jnp.abs(b - p0).max()))
     assert moved > 1e-3  # the epochs moved the parameters
-
-
-def test_auto_picks_the_fused_kernels_on_a_cpu_only():
-    assert F.kernels_for("auto", "cpu") == "cpu_fused"
-    assert F.kernels_for("auto", "gpu") == "flax" and F.kernels_for("auto", "tpu") == "flax"
-    assert F.kernels_for("flax", "cpu") == "flax"

@@ -106,7 +106,7 @@ class Platform(Choice):
 
 
 class ModelKernels(Choice):
-    auto = "auto"  # by platform (flax_models.kernels_for): cpu_fused on a CPU, else flax
+    auto = "auto"  # by platform (tpo_sweeps.devices): cpu_fused on a CPU, else flax
     flax = "flax"  # Flax's own layers and autodiff: the reference path
     cpu_fused = "cpu_fused"  # tpo_sweeps.models: custom backward passes built for XLA:CPU
 
@@ -326,10 +326,11 @@ class HardwareConfig:
     name: str = "cpu"
     platform: Platform = Platform.cpu  # JAX platform: cpu | gpu | ... | "" or auto (JAX's choice)
     compilation_cache: str = ""  # directory for JAX's persistent compilation cache; "" = off
-    # seeds run in lockstep (vmap) per group, groups one after another (lax.map) inside the
-    # same compiled program; 0 = all seeds in one vmap. On a CPU the transformer tasks run
-    # 20-40% faster per seed with 1 (vmapped weights make batched GEMMs slower than plain ones)
-    seed_batch: int = 0
+    # runs (seeds; lanes × seeds) in lockstep (vmap) per group, groups one after another
+    # (lax.map) inside the same compiled program; 0 = all in one vmap; -1 = auto by platform
+    # (tpo_sweeps.devices: 1 for the transformer on a CPU, where vmapped weights make batched
+    # GEMMs 20-40% slower than plain ones; else 0)
+    seed_batch: int = -1
     # with seed_batch > 0: this many seed groups run side by side as independent
     # computations, which XLA overlaps on the cores (small ops leave a core idle)
     seed_streams: int = 1
@@ -598,7 +599,7 @@ RANGES: list[tuple[str, Any, str]] = [
     ("optimizer.adam_b1", _unit, "in [0, 1)"),
     ("optimizer.adam_b2", _unit, "in [0, 1)"),
     ("optimizer.weight_decay", _at_least(0), ">= 0"),
-    ("hardware.seed_batch", _at_least(0), ">= 0 (0 = all seeds in one vmap)"),
+    ("hardware.seed_batch", _at_least(-1), ">= -1 (-1 = auto by platform, 0 = all in one vmap)"),
     ("hardware.seed_streams", _at_least(1), ">= 1"),
     ("db.url", lambda v: v.strip() != "", "a database URL"),
     ("db.busy_timeout_s", _positive, "> 0"),

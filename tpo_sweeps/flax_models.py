@@ -130,14 +130,6 @@ KERNELS = {
 }
 
 
-def kernels_for(choice: str, backend: str | None = None) -> str:
-    """``auto`` resolved by platform (the one place that decides): the fused kernels on a
-    CPU, Flax's layers (XLA's own fusions and attention) on a GPU or TPU."""
-    if choice != "auto":
-        return choice
-    return "cpu_fused" if (backend or jax.default_backend()) == "cpu" else "flax"
-
-
 # --------------------------------------------------------------------------------------------
 # MNIST
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from tpo_sweeps import config as C
-from tpo_sweeps import cost, db, identity
+from tpo_sweeps import cost, db, devices, identity
 from tpo_sweeps import lanes as LN
 from tpo_sweeps.provenance import provenance
 from tpo_sweeps.store import RunStore
@@ -399,7 +399,7 @@ def _run_program(cfg, program, seeds, key, resolved, n_lanes, signals, inputs=No
             chunk,
             on_chunk,
             start,
-            cfg.hardware.seed_batch,
+            devices.seed_batch(cfg.hardware.seed_batch, cfg.task.name),
             cfg.hardware.seed_streams,
             dict(cfg.hardware.xla_options),
             inputs,

@@ -15,9 +15,10 @@ A field is *traced* when every task uses it only in array arithmetic inside the 
 step (a learning rate, a temperature, a clip range): then a lane computes what the cell alone
 computes (``tests/test_lanes.py``: bit for bit where the lanes × seeds vmap is narrow; to
 float32 rounding, ~1e-7, when a wide vmap reorders a reduction, as grouping seeds differently
-does; with ``hardware.seed_batch=1`` every run is its own unbatched computation). A task that turns one into a Python number while building (MNIST's
-Fig 5b mechanism diagnostics use η in closed forms) cannot be traced: the job then runs its
-lanes one program each (``LanesNotTraceable``), logged, still as one job.
+does; with ``hardware.seed_batch=1`` every run is its own unbatched computation). A task
+that turns one into a Python number while building (MNIST's Fig 5b mechanism diagnostics
+put TPO's η in a closed form) cannot trace it: the job then runs its lanes one program each
+(``LanesNotTraceable``), logged, still as one job.
 
 Lanes run on the same axis as the seeds (lanes × seeds runs, ``hardware.seed_batch``
 groups them as it groups seeds), so a CPU runs them one after another and a GPU side by side.

@@ -33,9 +33,9 @@ import numpy as np
 
 from tpo_sweeps import algorithms as A
 from tpo_sweeps import config as C
+from tpo_sweeps import devices, optim
 from tpo_sweeps import flax_models as F
 from tpo_sweeps import models as M
-from tpo_sweeps import optim
 from tpo_sweeps.sampling import categorical_rows
 from tpo_sweeps.train import Program, fit_batch
 
@@ -159,7 +159,7 @@ def reversal(cfg: C.Config) -> Program:
     shape = M.Shape(V, 2 * H, m.d_model, m.num_heads, m.num_layers, m.ffn_mult)
     # the update's log-probs: Flax's layers or the fused CPU kernels (the sampler serves both)
     kernels = cfg.hardware.model_kernels
-    fns = F.KERNELS[F.kernels_for(getattr(kernels, "value", kernels))]
+    fns = F.KERNELS[devices.model_kernels(getattr(kernels, "value", kernels))]
 
     def init(key):
         params = M.init_params(key, shape)
