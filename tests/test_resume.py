@@ -130,5 +130,9 @@ def test_a_long_run_reports_progress_unasked_with_the_same_numbers(tmp_path, cap
     long_url = f"sqlite:///{tmp_path / 'long.sqlite'}"
     with caplog.at_level(logging.INFO, logger="tpo_sweeps"):
         run_job(_cfg(tmp_path, f"db.url={long_url}"))
+    # said at the start (a SLURM log is not silent until the first chunk), then per chunk
+    start = "fig4_tabular_multi tpo/tabular_multi: 2 run(s) × 60 points, progress every "
+    assert start in caplog.text
+    assert caplog.text.index(start) < caplog.text.index("points (")
     assert "fig4_tabular_multi tpo/tabular_multi: 60/60 points (100%)" in caplog.text
     assert _metrics(long_url) == _metrics(quiet_url)

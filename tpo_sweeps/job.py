@@ -376,6 +376,14 @@ def _run_program(cfg, program, seeds, key, resolved, n_lanes, signals, inputs=No
         # checkpoints asked for) throttled log lines
         bar = None if report_every > 0 else False
         progress = Progress(total, label, resumed_from, bar=bar)
+        if report_every > 0:  # a SLURM log says at once what it will report, and how often
+            log.info(
+                "%s: %d run(s) × %d points, progress every %d points",
+                label,
+                len(seeds),
+                total,
+                report_every,
+            )
     saved, last = resumed_from, None
 
     def on_chunk(done: int, state) -> None:
