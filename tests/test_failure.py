@@ -20,31 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
+from tests.helpers import compose_config
 from tpo_sweeps import bundle, db, identity, losses, merge, migrations, train, transfer
-from tpo_sweeps import config as C
 from tpo_sweeps import job as J
 from tpo_sweeps import run as R
 from tpo_sweeps.checkpoint import Checkpointer
-from tpo_sweeps.run import config_dir
 from tpo_sweeps.store import mask_override
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["task.steps=4", "task.num_actions=6", "task.batch_size=8", "hardware.compilation_cache="]
 DIVERGES = "optimizer.alpha=3e38"  # a normalised step of 3e38 in logit space: inf - inf = NaN
-
-
-def _compose(overrides: list[str]) -> C.Config:
-    GlobalHydra.instance().clear()
-    C.register_configs()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = C.to_config(compose("config", overrides=overrides))
-    GlobalHydra.instance().clear()
-    return cfg
 
 
 def _rows(path: Path, sql: str) -> list[tuple]:
@@ -176,7 +164,7 @@ def _lock_after_training(monkeypatch, path: Path, hold_s: float) -> threading.Th
 def test_a_lock_held_past_the_busy_timeout_loses_nothing(tmp_path, monkeypatch, caplog):
     path = tmp_path / "r.sqlite"
     monkeypatch.chdir(tmp_path)
-    cfg = _compose(
+    cfg = compose_config(
         [
             *TINY,
             f"db.url=sqlite:///{path}",
@@ -201,7 +189,7 @@ def test_a_lock_held_past_the_retries_stages_the_results_and_merge_brings_them(
 ):
     path = tmp_path / "r.sqlite"
     monkeypatch.chdir(tmp_path)  # the job's output folder, outside Hydra
-    cfg = _compose(
+    cfg = compose_config(
         [
             *TINY,
             f"db.url=sqlite:///{path}",
@@ -304,7 +292,7 @@ def test_passwords_are_masked_in_messages_logs_and_overrides(caplog):
 
 @pytest.mark.parametrize("content", ["garbage", "npz without the state"])
 def test_an_unreadable_checkpoint_is_moved_aside_and_the_run_starts_over(content, tmp_path, caplog):
-    cfg = _compose(
+    cfg = compose_config(
         [
             *TINY,
             f"db.url=sqlite:///{tmp_path}/r.sqlite",
@@ -365,7 +353,7 @@ def test_ppo_is_finite_where_a_log_prob_drops_by_100_nats(traced):
 
 def test_revision_0003_adds_diverged_step_and_goes_back(tmp_path):
     path = tmp_path / "r.sqlite"
-    cfg = _compose([*TINY, f"db.url=sqlite:///{path}", DIVERGES, "num_seeds=2"])
+    cfg = compose_config([*TINY, f"db.url=sqlite:///{path}", DIVERGES, "num_seeds=2"])
     assert R.run_job(cfg, [])["status"] == "diverged"
     metrics = _rows(path, "SELECT count(*) FROM metrics")
     engine = db.connect(f"sqlite:///{path}")
@@ -387,7 +375,8 @@ def test_revision_0003_adds_diverged_step_and_goes_back(tmp_path):
 
 def test_a_bundle_of_schema_2_imports(tmp_path):
     src = tmp_path / "a.sqlite"
-    assert R.run_job(_compose([*TINY, f"db.url=sqlite:///{src}"]), [])["status"] == "completed"
+    cfg = compose_config([*TINY, f"db.url=sqlite:///{src}"])
+    assert R.run_job(cfg, [])["status"] == "completed"
     engine = db.connect(f"sqlite:///{src}", create=False)
     bundle.export(engine, tmp_path / "b")
     engine.dispose()

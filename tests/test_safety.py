@@ -29,27 +29,16 @@ from pathlib import Path
 import hydra._internal.hydra as hydra_main
 import hydra.core.utils as hydra_utils
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins import basic_launcher
 from hydra.core.global_hydra import GlobalHydra
 
-from tpo_sweeps import config as C
+from tests.helpers import compose_config
 from tpo_sweeps import db
 from tpo_sweeps import run as R
-from tpo_sweeps.run import config_dir
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["task.steps=4", "task.num_actions=6", "task.batch_size=8"]  # a tabular_single cell
 SWEEP = ["experiment=fig3_tabular_single", "scale=smoke"]
-
-
-def _compose(overrides: list[str]) -> C.Config:
-    GlobalHydra.instance().clear()
-    C.register_configs()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = C.to_config(compose("config", overrides=overrides))
-    GlobalHydra.instance().clear()
-    return cfg
 
 
 def _sqlite(path: Path, *statements: str) -> None:
@@ -68,7 +57,7 @@ def template(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("template")
     (d / "results").mkdir()
     url = f"sqlite:///{d / 'results' / 'tpo.sqlite'}"
-    out = R.run_job(_compose([*TINY, f"db.url={url}", "hardware.compilation_cache="]), [])
+    out = R.run_job(compose_config([*TINY, f"db.url={url}", "hardware.compilation_cache="]), [])
     assert out["status"] == "completed"
     _sqlite(d / "foreign.sqlite", "CREATE TABLE users (id INTEGER, name TEXT)")
     (d / "garbage.sqlite").write_bytes(bytes(range(256)) * 16)
@@ -124,7 +113,7 @@ BAD = [
     ("alpha inf", ["optimizer.alpha=inf"], "optimizer.alpha"),
     ("adam beta 1", ["optimizer=adam", "optimizer.b1=1.0"], "optimizer.b1"),
     ("seed streams zero", ["hardware.seed_streams=0"], "hardware.seed_streams"),
-    ("seed batch negative", ["hardware.seed_batch=-1"], "hardware.seed_batch"),
+    ("seed batch below auto", ["hardware.seed_batch=-2"], "hardware.seed_batch"),
     ("busy timeout negative", ["db.busy_timeout_s=-1"], "db.busy_timeout_s"),
     ("heartbeat negative", ["db.heartbeat_s=-1"], "db.heartbeat_s"),
     ("token level off reversal", ["algorithm=tpo_token"], "algorithm.level"),
