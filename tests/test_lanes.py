@@ -239,3 +239,40 @@ def test_table5_smoke_compiles_once_and_each_lane_is_its_cell(tmp_path):
         assert run_job(job(alone_url, *overrides), overrides)["status"] == "completed"
     alone = _stored(alone_url)
     _assert_same_runs({k: laned[k] for k in alone}, alone, 2)
+
+
+def test_a_laned_job_resumes_from_its_checkpoint_and_fails_every_lane(tmp_path):
+    """A crash mid-run fails every lane's runs; the rerun resumes the laned program from its
+    checkpoint (the lanes' values are in the saved state) and stores what an uninterrupted
+    laned job stores."""
+    url, fresh = (f"sqlite:///{tmp_path / n}.sqlite" for n in ("crash", "fresh"))
+    lanes = _lanes_override(["algorithm.eta=0.5", "algorithm.eta=2.0"])
+    common = [
+        "task=tabular_multi",
+        "task.steps=40",
+        "algorithm=tpo",
+        "num_seeds=2",
+        f"checkpoint.dir={tmp_path / 'ckpt'}",
+        lanes,
+    ]
+    with pytest.raises(RuntimeError, match="crash injected at point 20"):
+        run_job(job(url, *common, "checkpoint.every=10", "debug.crash_at=20"), common)
+    crashed = _stored(url)
+    assert len(crashed) == 4 and {r["status"] for r in crashed.values()} == {db.FAILED}
+    out = run_job(job(url, *common, "checkpoint.every=10"), common)
+    assert out["status"] == "completed"
+    assert [o["resumed_from"] for o in out["lanes"]] == [20, 20]
+    assert not list((tmp_path / "ckpt").iterdir())  # removed once the job completed
+    run_job(job(fresh, *common), common)
+    _assert_same_runs(_stored(url), _stored(fresh), 2)
+
+
+def test_plan_counts_a_traced_grid_as_one_job(tmp_path, capsys):
+    from tpo_sweeps import plan
+
+    url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    assert plan.main(["experiment=table5_eta", "scale=smoke", f"db.url={url}"]) == 0
+    assert "to compute in 1 jobs" in capsys.readouterr().out
+    off = ["experiment=table5_eta", "scale=smoke", "hardware.lanes=false", f"db.url={url}"]
+    assert plan.main(off) == 0
+    assert "to compute in 5 jobs" in capsys.readouterr().out
