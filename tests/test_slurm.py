@@ -125,6 +125,29 @@ def test_sweep_on_slurm_stores_every_cell_and_the_failure(tmp_path, capsys, monk
     assert _count(url, db.Metric) == 3 * 80  # 2 seeds x 20 steps x 2 metrics per cell, once
 
 
+def test_a_traced_grid_is_one_slurm_job_storing_each_cell(tmp_path):
+    """Hyperparameter lanes through submitit: the η grid is one array task (one job, one
+    compiled program), each η stored as its own cell with that task's id."""
+    url = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    grid = ["experiment=fig3_tabular_single", "scale=smoke", "algorithm=tpo"]
+    proc = _multirun(tmp_path, *grid, "algorithm.eta=0.5,1.0,2.0", f"db.url={url}")
+    rc = proc.wait(timeout=300)
+    out = (tmp_path / "launcher.log").read_text()
+    assert rc == 0, out[-3000:]
+    assert "3 cells as lanes of 1" in out
+    engine = db.connect(url, create=False, migrate=False)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(db.Run.eta, db.Run.status, db.Run.slurm_job_id)).all()
+    finally:
+        engine.dispose()
+    assert sorted((r.eta, r.status) for r in rows) == [
+        (eta, "completed") for eta in (0.5, 0.5, 1.0, 1.0, 2.0, 2.0)
+    ]
+    (task,) = {r.slurm_job_id for r in rows}
+    assert re.fullmatch(r"\d+(_0)?", task)  # a launch of one job is not an array
+
+
 EVERY, LOG_EVERY, SEEDS = 20_000, 1000, 4
 
 
