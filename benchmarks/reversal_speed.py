@@ -2,7 +2,7 @@
 
     python benchmarks/reversal_speed.py [--seeds 4] [--episodes 3] [--seed-batch 1]
         [--streams 2] [--kernels auto|flax|cpu_fused] [--xla-option KEY=VALUE ...]
-        [--only tpo_terminal,ppo_terminal]
+        [--only tpo_terminal,ppo_terminal] [--flops]
 
 Each setting is compiled once (compile time reported separately), run once to warm up, then
 timed over ``--episodes`` episodes for ``--seeds`` seeds in one compiled program (groups of
@@ -14,6 +14,11 @@ from the algorithms, not measured): ours uses a KV-cached sampler, encodes each 
 prompt once per group in sampling and in the update, keeps the rollout log-probs, and
 never runs the last answer token; the authors' sampler re-runs the full 2H-token pass at
 each of the H generation steps for every candidate.
+
+``--flops`` adds the matmul GFLOPs one seed-episode performs (counted from the program's
+jaxpr, ``benchmarks/flops.py``), the rate the run reached, and that rate as a fraction of a
+large float32 GEMM's on this device (the practical peak): how far from the machine's limit
+the program runs.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 
 import jax
 import numpy as np
+from flops import gemm_rate, program_flops
 
 from tpo_sweeps import algorithms as A
 from tpo_sweeps import config as C
@@ -88,6 +94,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="XLA debug option for the compilation (repeatable), as hardware.xla_options",
     )
+    ap.add_argument("--flops", action="store_true", help="GFLOP/seed-ep and fraction of peak")
     args = ap.parse_args()
     options = dict(kv.split("=", 1) for kv in args.xla_option) or None
     print(
@@ -99,7 +106,9 @@ def main() -> None:
     print(
         f"{'setting':24s} {'compile s':>9s} {'s/seed-ep':>10s} {'authors':>8s} {'speed-up':>8s}"
         f" {'tok-fwd ours':>12s} {'authors':>10s} {'cpu s':>8s}"
+        + (f" {'GFLOP/ep':>9s} {'GFLOP/s':>8s} {'of peak':>8s}" if args.flops else "")
     )
+    peak = gemm_rate() if args.flops else 0.0
     group = dict(seed_batch=args.seed_batch, streams=args.streams)
     for name, (hp, over, theirs_s) in SETTINGS.items():
         if args.only and name not in args.only.split(","):
@@ -122,10 +131,16 @@ def main() -> None:
         per = (time.perf_counter() - t0) / (args.seeds * args.episodes)
         cpu = (time.process_time() - c0) / (args.seeds * args.episodes)
         ours_n, theirs_n = token_passes(A.layout(hp), task.H, task.B, task.K, hp.epochs)
+        extra = ""
+        if args.flops:  # one seed's program: its episodes' matmuls, per episode
+            flops = program_flops(program.train, keys[0]) / args.episodes
+            extra = f" {flops / 1e9:9.2f} {flops / per / 1e9:8.1f} {flops / per / peak:8.0%}"
         print(
             f"{name:24s} {compile_s:9.1f} {per:10.3f} {theirs_s:8.3f} {theirs_s / per:7.1f}x"
-            f" {ours_n:12,d} {theirs_n:10,d} {cpu:8.3f}"
+            f" {ours_n:12,d} {theirs_n:10,d} {cpu:8.3f}" + extra
         )
+    if args.flops:
+        print(f"float32 GEMM rate on this device (2048x2048, best of 5): {peak / 1e9:.1f} GFLOP/s")
 
 
 if __name__ == "__main__":
