@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 
+from tests.helpers import multirun
 from tpo_sweeps import campaign, plan
 from tpo_sweeps import sweep as S
 
@@ -82,20 +80,6 @@ def test_plan_refuses_unknown_preset_and_scale_in_one_line(capsys):
     assert len(err.splitlines()) == 1 and "huge" in err
 
 
-def _multirun(tmp_path, *args: str) -> str:
-    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tpo_sweeps", "-m", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
 def _runs(path) -> list[tuple]:
     with sqlite3.connect(path) as conn:
         return conn.execute(
@@ -109,10 +93,10 @@ def test_fig1b_then_table3_computes_only_what_fig1b_did_not(tmp_path):
     path = tmp_path / "r.sqlite"
     small = ["scale=smoke", "task.steps=2", "num_seeds=1", f"db.url=sqlite:///{path}"]
     cache = f"hardware.compilation_cache={tmp_path}/jax"
-    _multirun(tmp_path, "experiment=fig1b_terminal", "algorithm=tpo,dg", cache, *small)
+    multirun(tmp_path, "experiment=fig1b_terminal", "algorithm=tpo,dg", cache, *small)
     fig1b = _runs(path)
     assert len(fig1b) == 2
-    out = _multirun(
+    out = multirun(
         tmp_path, "experiment=table3_terminal", "task.H=10", "algorithm=tpo,ppo,dg", cache, *small
     )
     # 6 requested cells: TPO once (match drops out), PPO and DG twice; TPO and prompt-matched
@@ -138,10 +122,10 @@ def test_campaign_runs_the_union_once_and_resumes(tmp_path):
         "scale=smoke",
         f"db.url=sqlite:///{path}",
     ]
-    _multirun(tmp_path, *args)
+    multirun(tmp_path, *args)
     first = _runs(path)
     assert len(first) == 2 * 2 * 2  # 2 presets x 2 methods x 2 seeds
-    out = _multirun(tmp_path, *args, "num_seeds=3")  # relaunched, asking for one more seed
+    out = multirun(tmp_path, *args, "num_seeds=3")  # relaunched, asking for one more seed
     after = _runs(path)
     assert after[: len(first)] == first and len(after) == 2 * 2 * 3
     assert out.count("1 seed(s), compile") == 4  # each job computed only the new seed
@@ -151,7 +135,7 @@ def test_plan_estimates_from_stored_runs_of_the_same_cell_then_shape_then_refere
     tmp_path, capsys
 ):
     url = f"sqlite:///{tmp_path}/m.sqlite"
-    _multirun(
+    multirun(
         tmp_path, "experiment=fig3_tabular_single", "algorithm=tpo", "scale=smoke", f"db.url={url}"
     )
     capsys.readouterr()

@@ -10,14 +10,12 @@ wrote one at a time.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from sqlalchemy import select
 
+from tests.helpers import multirun
 from tests.test_identity import MNIST, REV, TAB, job
 from tpo_sweeps import config as C
 from tpo_sweeps import data as D
@@ -189,24 +187,10 @@ def test_group_key_ignores_only_traced_fields():
     ]
 
 
-def _cli(tmp_path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "SLURM_"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tpo_sweeps", "-m", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
 def test_the_sweeper_runs_a_traced_grid_as_one_job(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"
     grid = [*TAB, "algorithm.eta=0.5,1.0,2.0", "optimizer.alpha=0.1,0.2", "num_seeds=2"]
-    out = _cli(tmp_path, *grid, "algorithm=tpo,dg", "name=grid", f"db.url={url}")
+    out = multirun(tmp_path, *grid, "algorithm=tpo,dg", "name=grid", f"db.url={url}")
     # 12 cells: TPO's 6 and DG's 6 are two programs (the algorithm is static)
     assert "12 requested cells -> 12 distinct cells -> 2 jobs (12 cells as lanes of 2)" in out
     assert "Launching 2 jobs locally" in out
@@ -215,7 +199,7 @@ def test_the_sweeper_runs_a_traced_grid_as_one_job(tmp_path):
     assert len(laned) == 24 and {r["status"] for r in laned.values()} == {"completed"}
     off = f"sqlite:///{tmp_path / 'off.sqlite'}"
     grid += ["algorithm=tpo,dg", "name=grid"]
-    out = _cli(tmp_path, *grid, "hardware.lanes=false", f"db.url={off}")
+    out = multirun(tmp_path, *grid, "hardware.lanes=false", f"db.url={off}")
     assert "12 requested cells -> 12 distinct cells -> 12 jobs (" in out
     alone = _stored(off)
     for run in alone.values():  # one override more: hardware.lanes=false
@@ -228,7 +212,7 @@ def test_table5_smoke_compiles_once_and_each_lane_is_its_cell(tmp_path):
     program, five stored cells; the grid's ends equal the cells run one at a time."""
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"
     small = ["experiment=table5_eta", "scale=smoke", "task.steps=3", "hardware.compilation_cache="]
-    out = _cli(tmp_path, *small, f"db.url={url}")
+    out = multirun(tmp_path, *small, f"db.url={url}")
     assert "Launching 1 jobs locally" in out
     assert "lanes: 5 lanes × 2 seed(s) of tpo/reversal in one program (algorithm.eta)" in out
     laned = _stored(url)
